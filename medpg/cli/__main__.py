@@ -1,0 +1,3 @@
+from medpg.cli import main
+
+main()

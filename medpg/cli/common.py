@@ -1,0 +1,52 @@
+"""Shared plumbing for the CLI: settings, the database handle and turning errors into one line."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from medpg.config import Settings, get_settings
+from medpg.db.engine import Database
+from medpg.errors import MedpgError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Report MedpgError as ``error: ...`` on stderr and exit with its code; no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except MedpgError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def database() -> Database:
+    return Database(settings())
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

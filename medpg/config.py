@@ -1,0 +1,179 @@
+"""medpg settings: one validated object, built on demand and passed down.
+
+Every knob is an environment variable with the ``MEDPG_`` prefix (or a line in ``.env``).
+This is the only module that reads the environment. ``get_settings()`` builds the object
+lazily so tests and tools can make their own with ``Settings(...)``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from medpg.errors import ConfigError
+
+ENV_PREFIX = "MEDPG_"
+
+ModelProfile = Literal["medcpt", "minilm", "sentence-transformers"]
+Similarity = Literal["ip", "cosine"]
+FusionMethod = Literal["rrf", "weighted"]
+LexicalScorer = Literal["bm25", "ts_rank"]
+SearchMode = Literal["hybrid", "dense", "lexical"]
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".medpg"
+
+
+def _default_datasets_dir() -> Path:
+    # ../shared/data beside the checkout, where development data lives.
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+class Settings(BaseSettings):
+    """All medpg configuration. Field ``foo`` is read from ``MEDPG_FOO``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # --- database -------------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL (postgresql://user:pass@host:port/db). Unset: the embedded server.",
+    )
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where the embedded PostgreSQL keeps its data directory.",
+    )
+    embedded_database: str = Field(default="medpg", pattern=r"^[a-z_][a-z0-9_]*$")
+    datasets_dir: Path = Field(
+        default_factory=_default_datasets_dir,
+        description="Where evaluation data sets (BEIR NFCorpus, notes) live.",
+    )
+
+    # --- models -------------------------------------------------------------------------
+    model_profile: ModelProfile = "medcpt"
+    query_model: str | None = Field(default=None, description="Override the profile's query encoder.")
+    article_model: str | None = Field(default=None, description="Override the profile's article encoder.")
+    cross_encoder_model: str | None = Field(
+        default=None, description="Override the profile's cross-encoder; 'none' turns reranking off."
+    )
+    query_prefix: str = Field(default="", description="Prepended to queries (BGE/E5 style).")
+    document_prefix: str = Field(default="", description="Prepended to documents (E5 style).")
+    cross_encoder_temperature: float = Field(default=1.0, gt=0)
+    embedding_dim: int | None = Field(
+        default=None, ge=1, le=16000, description="Vector dimension; unset: the profile's own."
+    )
+    similarity: Similarity | None = Field(default=None, description="Unset: the profile's own.")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    query_max_tokens: int = Field(default=64, ge=8, le=8192)
+    article_max_tokens: int = Field(default=512, ge=16, le=8192)
+    cross_encoder_max_tokens: int = Field(default=512, ge=16, le=8192)
+    encode_batch_size: int = Field(default=32, ge=1, le=4096)
+    max_tokens_per_batch: int = Field(default=8192, ge=64)
+    hf_offline: bool = Field(default=True, description="Never reach a model hub at run time.")
+
+    # --- ingest and chunking ------------------------------------------------------------
+    ingest_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    ingest_workers: int = Field(
+        default=2, ge=1, le=32, description="Batches written concurrently, each on its own connection."
+    )
+    max_document_bytes: int = Field(default=2_000_000, ge=1)
+    chunk_tokens: int = Field(default=384, ge=16, le=8192, description="Tokens per chunk window.")
+    chunk_overlap: int = Field(default=64, ge=0, description="Tokens shared by neighbouring windows.")
+    chunk_tokenizer: str = Field(
+        default="packaged",
+        description="Tokenizer that counts chunk tokens: 'packaged' (BERT uncased WordPiece, offline) "
+        "or a model name / directory.",
+    )
+
+    # --- background embedding -------------------------------------------------------------
+    broker_url: str | None = Field(default=None, description="Celery broker, e.g. redis://127.0.0.1:6379/0")
+    embed_queue: str = "medpg.embed"
+    embed_claim_size: int = Field(default=64, ge=1, le=10_000)
+    embed_lease_seconds: int = Field(default=600, ge=5)
+    embed_max_attempts: int = Field(default=5, ge=1)
+    reconcile_interval_seconds: int = Field(default=60, ge=1)
+    control_queue: str = Field(
+        default="medpg.control", description="Queue of the periodic reconcile task (needs no model)."
+    )
+    embed_retry_backoff_seconds: float = Field(
+        default=10.0, ge=0, description="A chunk the encoder failed on is retried after this, doubling."
+    )
+    embed_fault_marker: str | None = Field(
+        default=None,
+        description="TEST ONLY fault injection: encoding fails for any chunk whose text contains this "
+        "string, exactly as if the encoder raised on it. Never set it in production.",
+    )
+
+    # --- search ---------------------------------------------------------------------------
+    search_mode: SearchMode = "hybrid"
+    lexical_scorer: LexicalScorer = "bm25"
+    fusion: FusionMethod = "rrf"
+    rrf_k: int = Field(default=60, ge=1)
+    dense_weight: float = Field(default=1.0, ge=0)
+    lexical_weight: float = Field(default=1.0, ge=0)
+    candidates: int = Field(default=100, ge=1, le=10_000, description="Candidates per retriever.")
+    rerank_top_k: int = Field(default=50, ge=0, le=1000)
+    hnsw_ef_search: int = Field(default=100, ge=1, le=1000)
+    bm25_k1: float = Field(default=0.9, ge=0)
+    bm25_b: float = Field(default=0.4, ge=0, le=1)
+
+    # --- privacy --------------------------------------------------------------------------
+    log_text: bool = Field(default=False, description="Allow document and query text in logs.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(
+                f"MEDPG_CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than "
+                f"MEDPG_CHUNK_TOKENS ({self.chunk_tokens})"
+            )
+        return self
+
+
+def _unknown_env_vars(environ: dict[str, str]) -> list[str]:
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build and validate settings; a bad or unknown value raises ConfigError naming it."""
+    unknown = _unknown_env_vars(dict(os.environ))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(unknown)}; "
+            f"known MEDPG_ settings: {', '.join(sorted(ENV_PREFIX + n.upper() for n in Settings.model_fields))}"
+        )
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            name = ENV_PREFIX + field.upper() if field in Settings.model_fields else field
+            problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid setting: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built on first use (never at import)."""
+    return load_settings()
+
+
+def hf_environment(settings: Settings) -> dict[str, str]:
+    """Environment for Hugging Face libraries so no code path reaches a hub when offline."""
+    if settings.hf_offline:
+        return {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return {}

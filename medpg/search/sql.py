@@ -1,0 +1,164 @@
+"""Calls into the SQL search functions (migration 0005); no retrieval logic lives here.
+
+Everything ranks inside ``medpg.hybrid_search``; this module binds parameters, maps PostgreSQL
+errors to MedpgError, and fetches what the results display (titles, evidence passages).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import psycopg
+from psycopg.types.json import Jsonb
+
+from medpg.errors import DatabaseError, InputError
+from medpg.search.types import Filters
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Everything ``medpg.hybrid_search`` takes besides the query and its embedding."""
+
+    k: int
+    mode: str
+    candidates: int
+    lexical: str
+    fusion: str
+    rrf_k: int
+    dense_weight: float
+    lexical_weight: float
+    k1: float
+    b: float
+    title_weight: float
+    ts_rank_cover_density: bool
+    ts_rank_normalization: int
+    ef_search: int
+
+
+@dataclass(frozen=True)
+class Row:
+    document_id: int
+    rank: int
+    fused_score: float | None
+    dense_rank: int | None
+    dense_score: float | None
+    lexical_rank: int | None
+    lexical_score: float | None
+    chunk_id: int | None
+    char_start: int | None
+    char_end: int | None
+    matched_terms: tuple[str, ...]
+
+
+_HYBRID = """
+SELECT document_id, rank, fused_score, dense_rank, dense_score, lexical_rank, lexical_score,
+       chunk_id, char_start, char_end, matched_terms
+FROM medpg.hybrid_search(
+    query_text => %(query_text)s, query_embedding => %(query_embedding)s, k => %(k)s, mode => %(mode)s,
+    candidates => %(candidates)s, lexical => %(lexical)s, fusion => %(fusion)s, rrf_k => %(rrf_k)s,
+    dense_weight => %(dense_weight)s, lexical_weight => %(lexical_weight)s, k1 => %(k1)s, b => %(b)s,
+    title_weight => %(title_weight)s, ts_rank_cover_density => %(ts_rank_cover_density)s,
+    ts_rank_normalization => %(ts_rank_normalization)s, ef_search => %(ef_search)s,
+    sources => %(sources)s, metadata_contains => %(metadata_contains)s, date_from => %(date_from)s,
+    date_to => %(date_to)s, patient_ids => %(patient_ids)s)
+"""
+
+
+def filter_params(filters: Filters) -> dict[str, Any]:
+    return {
+        "sources": list(filters.sources) if filters.sources is not None else None,
+        "metadata_contains": Jsonb(filters.metadata, dumps=lambda o: orjson.dumps(o).decode())
+        if filters.metadata is not None
+        else None,
+        "date_from": filters.date_from,
+        "date_to": filters.date_to,
+        "patient_ids": list(filters.patient_ids) if filters.patient_ids is not None else None,
+    }
+
+
+def hybrid_search(
+    conn: psycopg.Connection[Any],
+    query_text: str,
+    embedding: np.ndarray | None,
+    params: SearchParams,
+    filters: Filters,
+) -> list[Row]:
+    """One call of ``medpg.hybrid_search``; rows best first."""
+    args: dict[str, Any] = {
+        "query_text": query_text,
+        "query_embedding": None if embedding is None else np.asarray(embedding, dtype=np.float32),
+        **params.__dict__,
+        **filter_params(filters),
+    }
+    try:
+        rows = conn.execute(_HYBRID, args).fetchall()
+    except psycopg.errors.InvalidParameterValue as exc:
+        raise InputError(_message(exc)) from None
+    except psycopg.errors.DataError as exc:
+        raise InputError(f"invalid search input: {_message(exc)}") from None
+    except psycopg.errors.UndefinedFunction as exc:
+        raise DatabaseError(
+            f"the search functions are missing ({_message(exc)}): run `medpg db upgrade`"
+        ) from None
+    except psycopg.Error as exc:
+        raise DatabaseError(f"search failed: {_message(exc)}") from None
+    return [
+        Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], tuple(r[10] or ()))
+        for r in rows
+    ]
+
+
+def _message(exc: psycopg.Error) -> str:
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    return primary or str(exc).strip().splitlines()[0]
+
+
+def query_lexemes(conn: psycopg.Connection[Any], query_text: str) -> tuple[str, ...]:
+    row = conn.execute("SELECT medpg.query_lexemes(%s)", (query_text,)).fetchone()
+    return tuple(row[0]) if row and row[0] else ()
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    source: str
+    external_id: str
+    title: str
+    metadata: dict[str, Any]
+    patient_id: str | None
+    document_date: Any
+
+
+def documents(conn: psycopg.Connection[Any], ids: Sequence[int]) -> dict[int, DocumentInfo]:
+    rows = conn.execute(
+        "SELECT id, source, external_id, title, metadata, patient_id, document_date "
+        "FROM medpg.documents WHERE id = ANY(%s)",
+        (list(ids),),
+    ).fetchall()
+    return {r[0]: DocumentInfo(r[1], r[2], r[3], r[4] or {}, r[5], r[6]) for r in rows}
+
+
+def chunk_texts(conn: psycopg.Connection[Any], chunk_ids: Sequence[int]) -> dict[int, str]:
+    rows = conn.execute("SELECT id, text FROM medpg.chunks WHERE id = ANY(%s)", (list(chunk_ids),)).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def embedding_space_model(conn: psycopg.Connection[Any]) -> tuple[str | None, int]:
+    """The model whose vectors search uses, and how many chunks carry one of its vectors."""
+    row = conn.execute(
+        "SELECT e.model, (SELECT count(*) FROM medpg.chunks c WHERE c.embedding IS NOT NULL "
+        "AND c.embedding_model = e.model) FROM medpg.embedding_space e"
+    ).fetchone()
+    if row is None:
+        return None, 0
+    return row[0], int(row[1])
+
+
+__all__ = [
+    "DocumentInfo", "Row", "SearchParams", "chunk_texts", "documents", "embedding_space_model",
+    "filter_params", "hybrid_search", "query_lexemes",
+]

@@ -1,0 +1,66 @@
+"""The embedded default: no MEDPG_DATABASE_URL means medpg's own PostgreSQL in MEDPG_DATA_DIR."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture()
+def data_dir() -> Iterator[Path]:
+    parent = Path(tempfile.mkdtemp(prefix="medpg-embedded-"))
+    parent.chmod(0o755)  # the server runs as an unprivileged user when tests run as root
+    yield parent / "data"
+    # If a test failed with the server still up, stop it before removing its directory.
+    for proc in psutil.process_iter(attrs=["name", "cmdline"]):
+        if proc.info["name"] == "postgres" and str(parent) in " ".join(proc.info["cmdline"] or []):
+            proc.kill()
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+def _medpg(args: list[str], data_dir: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDPG_")}
+    env.update(MEDPG_DATA_DIR=str(data_dir), MEDPG_MODEL_PROFILE="minilm")
+    return subprocess.Popen(
+        [sys.executable, "-m", "medpg.cli", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _run(args: list[str], data_dir: Path) -> str:
+    proc = _medpg(args, data_dir)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_embedded_server_is_created_reused_and_stopped(data_dir: Path, tmp_path: Path) -> None:
+    out = _run(["db", "upgrade"], data_dir)
+    assert "(embedded)" in out
+    assert (data_dir / "pgdata" / "PG_VERSION").read_text().strip() == "18"
+    # stopped cleanly when the last process using it exits
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists()
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(f'{{"_id": "{i}", "text": "note {i} about asthma"}}\n' for i in range(50)))
+    # two processes at once share one server in the same data directory
+    procs = [_medpg(["ingest", str(corpus), "--no-progress"], data_dir) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+    status = _run(["status"], data_dir)
+    assert "documents" in status and "50" in status
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists()
