@@ -14,3 +14,11 @@ step "ingest again: nothing changes"
 medpg ingest "$SAMPLE/corpus.jsonl" --source nfcorpus-sample
 step "status"
 medpg status
+step "embed in-process with the packaged MiniLM model (no Redis needed)"
+medpg embed
+step "hybrid search: BM25 + dense, fused in PostgreSQL"
+medpg search "Do cholesterol statin drugs cause breast cancer?" -k 5
+step "the same question, lexical BM25 only"
+medpg search "Do cholesterol statin drugs cause breast cancer?" -k 5 --mode lexical
+step "evaluate every system on the sample's relevance judgments"
+medpg eval "$SAMPLE" --no-progress -o "${MEDPG_DATA_DIR:-$HOME/.medpg}/demo_eval.md"

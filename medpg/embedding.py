@@ -12,7 +12,8 @@ stops being retried too. A vector is written only if the chunk's content hash is
 that was encoded and the claim is still ours: a chunk edited meanwhile is embedded again from the
 new text, and a chunk whose lease was taken over is written once, by the new holder.
 
-Model switch (see docs/workers.md): ``embedding_space.model`` names the model whose vectors search
+Model switch (README, "Changing the article model without downtime"): ``embedding_space.model``
+names the model whose vectors search
 uses. While the configured article model differs from it, vectors go to
 ``medpg.chunk_embeddings_staging``; when every chunk has one, ``finish_model_switch`` copies them
 into ``chunks.embedding`` and changes ``embedding_space.model`` in one transaction.
@@ -241,9 +242,7 @@ class Embedder:
             if row is None:
                 raise DatabaseError("medpg.embedding_space is empty: run `medpg db upgrade`")
             check_dimension(enc.dimension, int(row[0]), enc.model_name)
-            conn.execute(
-                "UPDATE medpg.embedding_space SET model = %s WHERE model IS NULL", (enc.model_name,)
-            )
+            conn.execute("UPDATE medpg.embedding_space SET model = %s WHERE model IS NULL", (enc.model_name,))
             conn.commit()
         self._ready = True
 
@@ -271,7 +270,13 @@ class Embedder:
         return rows
 
     def _claim(
-        self, conn: psycopg.Connection[Any], mode: Mode, where: str, limit: int, *, scan: bool = False,
+        self,
+        conn: psycopg.Connection[Any],
+        mode: Mode,
+        where: str,
+        limit: int,
+        *,
+        scan: bool = False,
         **params: object,
     ) -> list[ClaimedChunk]:
         sql = f"""
@@ -435,7 +440,10 @@ class Embedder:
                 # The exception type only: messages from tokenizers can quote the input text.
                 log.warning(
                     "chunk %d failed to embed (attempt %d of %d): %s",
-                    chunk.id, attempts, self.settings.embed_max_attempts, type(exc).__name__,
+                    chunk.id,
+                    attempts,
+                    self.settings.embed_max_attempts,
+                    type(exc).__name__,
                 )
             conn.commit()
 
@@ -446,9 +454,18 @@ class Embedder:
         result = BatchResult(claimed=len(chunks))
         if not chunks:
             return result
-        ok, bad = self.encode_isolating(chunks)
-        self.write(ok, result)
-        self.record_failures(bad, result)
+        try:
+            ok, bad = self.encode_isolating(chunks)
+            self.write(ok, result)
+            self.record_failures(bad, result)
+        except BaseException:
+            # Interrupted (database gone, shutdown): not the chunks' fault, so give the leases and
+            # the attempt back if the database lets us; otherwise the leases simply expire.
+            try:
+                self.release(chunks)
+            except TRANSIENT_DB_ERRORS:
+                log.warning("could not release %d leases; they expire by themselves", len(chunks))
+            raise
         return result
 
     def embed_ids(self, ids: Sequence[int], max_rounds: int = 3) -> BatchResult:
@@ -496,8 +513,9 @@ class Embedder:
                     break
                 result = self.process(chunks)
                 report.written += len(result.written)
-                report.failed += sum(1 for _, attempts, _ in result.failed
-                                     if attempts >= self.settings.embed_max_attempts)
+                report.failed += sum(
+                    1 for _, attempts, _ in result.failed if attempts >= self.settings.embed_max_attempts
+                )
                 report.stale += len(result.stale)
                 bar.update(len(result.written))
                 if on_batch is not None:
@@ -518,8 +536,12 @@ def count_claimable(db: Database, settings: Settings, model: str) -> int:
         pending = pending_condition(mode, indexed=True)
         row = conn.execute(
             f"SELECT count(*) FROM medpg.chunks c WHERE {pending} AND {_CLAIMABLE}",
-            {"model": model, "max_attempts": settings.embed_max_attempts,
-             "lease": settings.embed_lease_seconds, "token": ""},
+            {
+                "model": model,
+                "max_attempts": settings.embed_max_attempts,
+                "lease": settings.embed_lease_seconds,
+                "token": "",
+            },
         ).fetchone()
     return int(row[0]) if row else 0
 
@@ -544,8 +566,10 @@ def select_for_enqueue(
     model = model or article_model_identity(settings)
     where = ["TRUE"]
     params: dict[str, object] = {
-        "model": model, "max_attempts": settings.embed_max_attempts,
-        "lease": settings.embed_lease_seconds, "token": "",
+        "model": model,
+        "max_attempts": settings.embed_max_attempts,
+        "lease": settings.embed_lease_seconds,
+        "token": "",
     }
     if document_ids is not None:
         where.append("c.document_id = ANY(%(docs)s)")
@@ -566,7 +590,7 @@ def select_for_enqueue(
         sql = f"""
             WITH picked AS (
                 SELECT c.id FROM medpg.chunks c
-                WHERE {' AND '.join(where)} AND {pending_condition(mode, indexed=scan)} AND {_CLAIMABLE}
+                WHERE {" AND ".join(where)} AND {pending_condition(mode, indexed=scan)} AND {_CLAIMABLE}
                 FOR UPDATE OF c SKIP LOCKED
             )
             UPDATE medpg.chunks c SET enqueued_at = now() FROM picked WHERE c.id = picked.id
@@ -671,8 +695,23 @@ def finish_model_switch(db: Database, settings: Settings, model: str | None = No
 
 
 __all__ = [
-    "TRANSIENT_DB_ERRORS", "BatchResult", "ClaimedChunk", "EmbedReport", "Embedder", "EncodeFault",
-    "ReconcileReport", "article_model_identity", "batched", "count_claimable", "ensure_vector_types",
-    "finish_model_switch", "is_transient", "mode_for", "pending_condition", "reconcile", "retry_failed",
-    "select_for_enqueue", "space_model",
+    "TRANSIENT_DB_ERRORS",
+    "BatchResult",
+    "ClaimedChunk",
+    "EmbedReport",
+    "Embedder",
+    "EncodeFault",
+    "ReconcileReport",
+    "article_model_identity",
+    "batched",
+    "count_claimable",
+    "ensure_vector_types",
+    "finish_model_switch",
+    "is_transient",
+    "mode_for",
+    "pending_condition",
+    "reconcile",
+    "retry_failed",
+    "select_for_enqueue",
+    "space_model",
 ]

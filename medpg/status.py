@@ -96,7 +96,9 @@ def collect_status(db: Database, settings: Settings) -> Status:
         mode = mode_for(model, active)
         pending = pending_condition(mode)
         params = {
-            "model": model, "active": active, "lease": settings.embed_lease_seconds,
+            "model": model,
+            "active": active,
+            "lease": settings.embed_lease_seconds,
             "max_attempts": settings.embed_max_attempts,
         }
         documents = conn.execute("SELECT count(*) FROM medpg.documents").fetchone()[0]  # type: ignore[index]
@@ -177,9 +179,7 @@ def render_status(console: Console, st: Status) -> None:
     table.add_row("  embedded", f"{st.embedded:,}")
     table.add_row("  pending", f"{st.pending:,} ({st.in_flight:,} in flight, {st.retrying:,} retrying)")
     table.add_row("  failed", f"{st.failed:,}")
-    table.add_row(
-        "throughput", f"{st.chunks_per_minute:,.1f} chunks/min (last {THROUGHPUT_MINUTES} minutes)"
-    )
+    table.add_row("throughput", f"{st.chunks_per_minute:,.1f} chunks/min (last {THROUGHPUT_MINUTES} minutes)")
     console.print(table)
     if st.failed_chunks:
         failed = Table(title="failed chunks (retry with `medpg embed --retry-failed`)", title_justify="left")
@@ -188,7 +188,9 @@ def render_status(console: Console, st: Status) -> None:
         for f in st.failed_chunks:
             when = f.failed_at.strftime("%Y-%m-%d %H:%M:%S") if f.failed_at else "-"
             error = (f.last_error or "-")[:160]
-            failed.add_row(str(f.chunk_id), f"{f.source}/{f.external_id}#{f.ordinal}", str(f.attempts), when, error)
+            failed.add_row(
+                str(f.chunk_id), f"{f.source}/{f.external_id}#{f.ordinal}", str(f.attempts), when, error
+            )
         console.print(failed)
         if st.failed > len(st.failed_chunks):
             console.print(f"... and {st.failed - len(st.failed_chunks):,} more")

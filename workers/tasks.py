@@ -131,8 +131,11 @@ def reconcile_task(include_recent: bool | None = None) -> dict[str, Any]:
         include_recent = depth == 0
     report = reconcile(_db(), settings, lambda ids: send_chunks(ids, settings), include_recent=include_recent)
     if report.enqueued or report.switched_model:
-        log.info("reconcile: enqueued %d chunks%s", report.enqueued,
-                 f"; switched to {report.switched_model}" if report.switched_model else "")
+        log.info(
+            "reconcile: enqueued %d chunks%s",
+            report.enqueued,
+            f"; switched to {report.switched_model}" if report.switched_model else "",
+        )
     return {"enqueued": report.enqueued, "skipped": report.skipped, "switched_model": report.switched_model}
 
 
@@ -149,8 +152,12 @@ def send_chunks(
     with app.producer_or_acquire() as producer:
         for group in batched(list(ids), settings.embed_claim_size):
             embed_chunks.apply_async(
-                (group,), producer=producer, queue=settings.embed_queue, countdown=countdown,
-                retry=retry, retry_policy=policy,
+                (group,),
+                producer=producer,
+                queue=settings.embed_queue,
+                countdown=countdown,
+                retry=retry,
+                retry_policy=policy,
             )
             sent += 1
     return sent
@@ -197,23 +204,25 @@ def after_commit_hook(db: Database, settings: Settings) -> Callable[[list[int]],
     """An ``ingest_file(after_commit=...)`` callback that enqueues changed documents' chunks.
 
     A broker that is down does not fail the ingest: the data is committed, the chunks are pending,
-    and a warning (ids and counts only) says reconcile will pick them up.
+    and one warning (counts only) says reconcile will pick them up. After a failure the hook stops
+    trying for the rest of this ingest (each attempt to reach a dead broker costs seconds).
     """
     configure_from(settings)
-    warned = False
+    broker_down = False
 
     def hook(document_ids: list[int]) -> None:
-        nonlocal warned
+        nonlocal broker_down
+        if broker_down:
+            return
         try:
             enqueue_documents(db, settings, document_ids)
         except BROKER_ERRORS as exc:
-            if not warned:
-                log.warning(
-                    "could not reach the broker (%s); %d changed documents are saved and their chunks will "
-                    "be enqueued by the periodic reconcile or `medpg embed --reconcile`",
-                    type(exc).__name__, len(document_ids),
-                )
-                warned = True
+            broker_down = True
+            log.warning(
+                "could not reach the broker (%s); documents are saved and their chunks will be enqueued "
+                "by the periodic reconcile or `medpg embed --reconcile`",
+                type(exc).__name__,
+            )
 
     return hook
 
@@ -226,6 +235,12 @@ def configure_from(settings: Settings) -> None:
 
 
 __all__ = [
-    "after_commit_hook", "embed_chunks", "embedder", "enqueue_documents", "queue_length", "reconcile_task",
-    "schedule_retries", "send_chunks",
+    "after_commit_hook",
+    "embed_chunks",
+    "embedder",
+    "enqueue_documents",
+    "queue_length",
+    "reconcile_task",
+    "schedule_retries",
+    "send_chunks",
 ]

@@ -18,8 +18,9 @@ from medpg.errors import MedpgError
 P = ParamSpec("P")
 R = TypeVar("R")
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (logs, CI, the demo) gets wide tables instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:

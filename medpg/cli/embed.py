@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def embed(
         reconcile: bool = typer.Option(
-            False, "--reconcile",
+            False,
+            "--reconcile",
             help="Enqueue every chunk that needs a vector (pending, other model, expired lease) for the "
             "workers instead of embedding here. Needs MEDPG_BROKER_URL.",
         ),
@@ -88,12 +89,15 @@ def register(app: typer.Typer) -> None:
             1, "--concurrency", "-c", min=1, help="Worker processes (each loads the model once)."
         ),
         queues: str | None = typer.Option(
-            None, "--queues", "-Q",
+            None,
+            "--queues",
+            "-Q",
             help="Comma-separated queues (default: the embed queue and the control queue). "
             "GPU workers can take only MEDPG_EMBED_QUEUE.",
         ),
         beat: bool = typer.Option(
-            True, "--beat/--no-beat",
+            True,
+            "--beat/--no-beat",
             help="Also run the periodic reconcile schedule (several beats are safe: one reconcile runs).",
         ),
         pool: str = typer.Option("prefork", "--pool", "-P", help="prefork (default), solo or threads."),
@@ -123,8 +127,17 @@ def register(app: typer.Typer) -> None:
             highlight=False,
         )
         argv = [
-            "worker", "--concurrency", str(concurrency), "--pool", pool, "--queues", queue_list,
-            "--loglevel", loglevel, "--hostname", name or "medpg@%h",
+            "worker",
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            pool,
+            "--queues",
+            queue_list,
+            "--loglevel",
+            loglevel,
+            "--hostname",
+            name or "medpg@%h",
         ]
         if beat:
             # One schedule file per node name (node names are unique), kept with medpg's data.

@@ -18,9 +18,10 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 FusionMethod = Literal["rrf", "weighted"]
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,9 @@ def fuse(
     return out
 
 
-def rank_fused(fused: Mapping[Hashable, float]) -> list[Hashable]:
+def rank_fused(fused: Mapping[Any, float]) -> list[Any]:
     """Ids best first; ties broken by id, as the SQL does."""
-    return [doc for doc, _ in sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))]  # type: ignore[operator]
+    return [doc for doc, _ in sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
 def sigmoid(x: float) -> float:
@@ -107,14 +108,14 @@ def sigmoid(x: float) -> float:
 
 
 def blend_rerank(
-    rerank_scores: Mapping[Hashable, float],
-    dense_scores: Mapping[Hashable, float | None],
-    lexical_scores: Mapping[Hashable, float | None],
+    rerank_scores: Mapping[K, float],
+    dense_scores: Mapping[K, float | None],
+    lexical_scores: Mapping[K, float | None],
     *,
     rerank_weight: float = 1.0,
     dense_weight: float = 0.0,
     lexical_weight: float = 0.0,
-) -> dict[Hashable, float]:
+) -> dict[K, float]:
     """Final score of reranked documents: ``w_ce * sigmoid(ce) + w_d * minmax(dense) + w_l * minmax(lex)``.
 
     ``rerank_scores`` are already calibrated logits (logit / temperature), so the sigmoid gives a
@@ -125,11 +126,15 @@ def blend_rerank(
     ids = list(rerank_scores)
     dlo, dhi = _range(dense_scores.get(i) for i in ids)
     llo, lhi = _range(lexical_scores.get(i) for i in ids)
-    out: dict[Hashable, float] = {}
+    out: dict[K, float] = {}
     for i in ids:
         d = minmax(dense_scores.get(i), dlo, dhi)
         lx = minmax(lexical_scores.get(i), llo, lhi)
-        out[i] = rerank_weight * sigmoid(rerank_scores[i]) + dense_weight * (d or 0.0) + lexical_weight * (lx or 0.0)
+        out[i] = (
+            rerank_weight * sigmoid(rerank_scores[i])
+            + dense_weight * (d or 0.0)
+            + lexical_weight * (lx or 0.0)
+        )
     return out
 
 

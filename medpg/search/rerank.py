@@ -49,7 +49,7 @@ def rerank(
         dense_weight=dense_weight,
         lexical_weight=lexical_weight,
     )
-    return ce, {int(k): v for k, v in final.items()}
+    return ce, final
 
 
 __all__ = ["RerankItem", "rerank"]

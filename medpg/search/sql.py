@@ -80,6 +80,14 @@ def filter_params(filters: Filters) -> dict[str, Any]:
     }
 
 
+def ensure_vector_types(conn: psycopg.Connection[Any]) -> None:
+    """Register pgvector on a pooled connection opened before the extension existed."""
+    if conn.adapters.types.get("vector") is None:
+        from medpg.db.engine import register_vector_types
+
+        register_vector_types(conn)
+
+
 def hybrid_search(
     conn: psycopg.Connection[Any],
     query_text: str,
@@ -88,6 +96,7 @@ def hybrid_search(
     filters: Filters,
 ) -> list[Row]:
     """One call of ``medpg.hybrid_search``; rows best first."""
+    ensure_vector_types(conn)
     args: dict[str, Any] = {
         "query_text": query_text,
         "query_embedding": None if embedding is None else np.asarray(embedding, dtype=np.float32),
@@ -106,10 +115,7 @@ def hybrid_search(
         ) from None
     except psycopg.Error as exc:
         raise DatabaseError(f"search failed: {_message(exc)}") from None
-    return [
-        Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], tuple(r[10] or ()))
-        for r in rows
-    ]
+    return [Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], tuple(r[10] or ())) for r in rows]
 
 
 def _message(exc: psycopg.Error) -> str:
@@ -147,18 +153,20 @@ def chunk_texts(conn: psycopg.Connection[Any], chunk_ids: Sequence[int]) -> dict
     return {r[0]: r[1] for r in rows}
 
 
-def embedding_space_model(conn: psycopg.Connection[Any]) -> tuple[str | None, int]:
-    """The model whose vectors search uses, and how many chunks carry one of its vectors."""
-    row = conn.execute(
-        "SELECT e.model, (SELECT count(*) FROM medpg.chunks c WHERE c.embedding IS NOT NULL "
-        "AND c.embedding_model = e.model) FROM medpg.embedding_space e"
-    ).fetchone()
-    if row is None:
-        return None, 0
-    return row[0], int(row[1])
+def embedding_space_model(conn: psycopg.Connection[Any]) -> str | None:
+    """``medpg.embedding_space.model``: the model whose vectors dense search reads (None: none yet)."""
+    row = conn.execute("SELECT model FROM medpg.embedding_space").fetchone()
+    return row[0] if row else None
 
 
 __all__ = [
-    "DocumentInfo", "Row", "SearchParams", "chunk_texts", "documents", "embedding_space_model",
-    "filter_params", "hybrid_search", "query_lexemes",
+    "DocumentInfo",
+    "Row",
+    "SearchParams",
+    "chunk_texts",
+    "documents",
+    "embedding_space_model",
+    "filter_params",
+    "hybrid_search",
+    "query_lexemes",
 ]

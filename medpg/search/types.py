@@ -38,7 +38,15 @@ class Filters:
             return value
         if not isinstance(value, Mapping):
             raise InputError(f"filters must be a mapping, got {type(value).__name__}")
-        unknown = set(value) - {"sources", "source", "metadata", "date_from", "date_to", "patient_ids", "patient_id"}
+        unknown = set(value) - {
+            "sources",
+            "source",
+            "metadata",
+            "date_from",
+            "date_to",
+            "patient_ids",
+            "patient_id",
+        }
         if unknown:
             raise InputError(
                 f"unknown filter(s) {', '.join(sorted(unknown))}; "
@@ -57,8 +65,10 @@ class Filters:
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.sources, self.metadata, self.date_from, self.date_to,
-                                           self.patient_ids))
+        return any(
+            v is not None
+            for v in (self.sources, self.metadata, self.date_from, self.date_to, self.patient_ids)
+        )
 
 
 def _strings(value: object, name: str) -> tuple[str, ...] | None:
@@ -157,4 +167,13 @@ class SearchResponse:
         }
 
 
-__all__ = ["Evidence", "Explanation", "Filters", "Fusion", "Lexical", "Mode", "SearchResponse", "SearchResult"]
+__all__ = [
+    "Evidence",
+    "Explanation",
+    "Filters",
+    "Fusion",
+    "Lexical",
+    "Mode",
+    "SearchResponse",
+    "SearchResult",
+]

@@ -7,6 +7,7 @@ rules themselves: current text only, leases, failure isolation, retries, the mod
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,9 @@ def test_leases_split_work_and_expire(fresh: Database, tmp_path: Path) -> None:
     assert errors is not None and errors[0] == len(first)
 
 
-def test_poison_chunk_is_isolated_recorded_and_retried_up_to_the_limit(fresh: Database, tmp_path: Path) -> None:
+def test_poison_chunk_is_isolated_recorded_and_retried_up_to_the_limit(
+    fresh: Database, tmp_path: Path
+) -> None:
     docs = notes(8)
     docs[3] = {**docs[3], "text": f"{POISON} " + docs[3]["text"]}  # in its first chunk only
     settings = with_settings(fresh, embed_fault_marker=POISON, embed_claim_size=64)
@@ -207,7 +210,9 @@ def test_reconcile_enqueues_pending_and_expired_leases_not_live_ones(fresh: Data
     assert reconcile(fresh, fresh.settings, sent.append, include_recent=False).enqueued == 0
     # ... and a lease that expired makes its chunks eligible again.
     with fresh.connect() as conn:
-        conn.execute("UPDATE medpg.chunks SET claimed_at = now() - interval '1 hour' WHERE claimed_by IS NOT NULL")
+        conn.execute(
+            "UPDATE medpg.chunks SET claimed_at = now() - interval '1 hour' WHERE claimed_by IS NOT NULL"
+        )
         conn.commit()
     sent.clear()
     assert reconcile(fresh, fresh.settings, sent.append, include_recent=False).enqueued == len(held)
@@ -316,3 +321,95 @@ def test_encoder_is_shared_with_search_side_loading(fresh: Database) -> None:
     """The worker's encoder is the cached article encoder of the settings (one load per process)."""
     emb = Embedder(fresh, fresh.settings)
     assert emb.encoder is load_article_encoder(fresh.settings)
+
+
+def test_ingest_with_the_broker_down_commits_and_leaves_chunks_for_reconcile(
+    fresh: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from workers.tasks import after_commit_hook
+
+    # Nothing listens on port 1; three ingest batches, so three commits that call the hook.
+    settings = with_settings(fresh, broker_url="redis://127.0.0.1:1/15", ingest_batch_size=2)
+    docs = notes(6)
+    hook = after_commit_hook(fresh, settings)
+    with caplog.at_level("WARNING"):
+        changed = ingest_docs(fresh, settings, docs, tmp_path / "n.jsonl", after_commit=hook)
+    assert len(changed) == 6 and chunk_state(fresh)["current"] == 0
+    warnings = [r for r in caplog.records if "could not reach the broker" in r.getMessage()]
+    assert len(warnings) == 1  # one warning, then no more attempts during this ingest
+    assert not any(d["text"][:40] in caplog.text for d in docs)  # no document text in the log
+    sent: list[list[int]] = []
+    assert (
+        reconcile(fresh, settings, sent.append, include_recent=True).enqueued == chunk_state(fresh)["chunks"]
+    )
+
+
+def test_migration_0003_downgrades_and_upgrades(
+    migrated_db: Callable[..., Database], tiny_bert_dir: Path, tiny_cross_encoder_dir: Path
+) -> None:
+    from medpg.db import migrate
+
+    db = migrated_db("emb_migration", **tiny_overrides(tiny_bert_dir, tiny_cross_encoder_dir))
+
+    def has_state() -> tuple[bool, bool]:
+        with db.connect() as conn:
+            table = conn.execute(
+                "SELECT to_regclass('medpg.chunk_embeddings_staging') IS NOT NULL"
+            ).fetchone()
+            column = conn.execute(
+                "SELECT count(*) = 1 FROM information_schema.columns WHERE table_schema = 'medpg' "
+                "AND table_name = 'chunks' AND column_name = 'enqueued_at'"
+            ).fetchone()
+        return bool(table and table[0]), bool(column and column[0])
+
+    assert has_state() == (True, True)
+    migrate.downgrade(db, "0002")
+    assert has_state() == (False, False)
+    migrate.upgrade(db)
+    assert has_state() == (True, True)
+    db.dispose()
+
+
+def test_interrupted_batch_gives_leases_and_attempts_back(fresh: Database, tmp_path: Path) -> None:
+    """The database connection dies between encode and write: the error propagates (the task retries)
+    and the chunks are free again with their attempt not counted."""
+    import threading
+
+    import psycopg
+
+    ingest_docs(fresh, fresh.settings, notes(2), tmp_path / "n.jsonl")
+    emb = Embedder(fresh, fresh.settings)
+    emb.ensure_ready()
+    claimed = emb.claim(limit=1000)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            emb.process(claimed)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    with fresh.connect() as lock:
+        lock.execute("SELECT 1 FROM medpg.embedding_space FOR UPDATE")  # the write will wait here
+        worker = threading.Thread(target=run)
+        worker.start()
+        find = (
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE '%embedding_space%FOR SHARE%'"
+        )
+        row = None
+        deadline = time.monotonic() + 30
+        while row is None and time.monotonic() < deadline:
+            # A fresh transaction each time: pg_stat_activity is a per-transaction snapshot.
+            with fresh.connect() as probe:
+                row = probe.execute(find).fetchone()
+            time.sleep(0.05)
+        assert row is not None, "the write never waited for the lock"
+        lock.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+        worker.join(30)
+        lock.rollback()
+    assert len(errors) == 1 and isinstance(errors[0], psycopg.OperationalError)
+    with fresh.connect() as conn:
+        rows = conn.execute("SELECT claimed_by, attempts FROM medpg.chunks").fetchall()
+    assert rows and all(r == (None, 0) for r in rows)
+    assert Embedder(fresh, fresh.settings).embed_pending().written == len(rows)

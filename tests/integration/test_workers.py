@@ -7,6 +7,9 @@ PostgreSQL locks, not sleeps: a test that needs a worker "in the middle of a bat
 the worker's session is seen waiting on that lock (it has claimed and encoded, and not written).
 """
 
+# Fixtures imported from worker_harness are redefined as test parameters, by design.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import re
@@ -61,7 +64,8 @@ def module_db(
     database = migrated_db(
         "workers",
         **tiny_overrides(
-            tiny_bert_dir, tiny_cross_encoder_dir,
+            tiny_bert_dir,
+            tiny_cross_encoder_dir,
             broker_url=TEST_REDIS_URL,
             embed_lease_seconds=5,
             reconcile_interval_seconds=1,
@@ -74,13 +78,15 @@ def module_db(
 
 
 @pytest.fixture()
-def wdb(module_db: Database, redis_url: str) -> Database:  # noqa: F811 - fixture
+def wdb(module_db: Database, redis_url: str) -> Database:
     """Empty tables, an empty broker database, the configured model already named as the active one."""
     truncate(module_db)
     with module_db.connect() as conn:
         conn.execute("TRUNCATE public.test_vector_writes")
         conn.execute("DELETE FROM medpg.chunk_embeddings_staging")
-        conn.execute("UPDATE medpg.embedding_space SET model = %s", (article_model_identity(module_db.settings),))
+        conn.execute(
+            "UPDATE medpg.embedding_space SET model = %s", (article_model_identity(module_db.settings),)
+        )
         conn.commit()
     return module_db
 
@@ -89,7 +95,9 @@ def notes(n: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
     return load_jsonl(NOTES, limit=n, offset=offset)
 
 
-def ingest(db: Database, docs: list[dict[str, Any]], path: Path, settings: Settings | None = None) -> list[int]:
+def ingest(
+    db: Database, docs: list[dict[str, Any]], path: Path, settings: Settings | None = None
+) -> list[int]:
     """Ingest for real, with the after-commit hook that enqueues (as `medpg ingest` does with a broker)."""
     settings = settings or db.settings
     return ingest_docs(db, settings, docs, path, after_commit=after_commit_hook(db, settings))
@@ -134,7 +142,9 @@ def written_by(log: str) -> int:
 
 
 def test_cli_ingest_enqueues_and_a_worker_embeds_everything(
-    wdb: Database, workers: WorkerPool, tmp_path: Path  # noqa: F811
+    wdb: Database,
+    workers: WorkerPool,
+    tmp_path: Path,
 ) -> None:
     from medpg.cli import app
     from medpg.config import get_settings
@@ -160,7 +170,7 @@ def test_cli_ingest_enqueues_and_a_worker_embeds_everything(
     assert status.embedded == total and status.pending == 0 and status.recent_writes == total
 
 
-def test_worker_killed_mid_batch_loses_no_chunk(wdb: Database, workers: WorkerPool, tmp_path: Path) -> None:  # noqa: F811
+def test_worker_killed_mid_batch_loses_no_chunk(wdb: Database, workers: WorkerPool, tmp_path: Path) -> None:
     first = start(workers, "victim", wdb)
     with SpaceLock(wdb) as lock:
         ingest(wdb, notes(12), tmp_path / "n.jsonl")
@@ -184,7 +194,7 @@ def test_worker_killed_mid_batch_loses_no_chunk(wdb: Database, workers: WorkerPo
     assert chunk_state(wdb)["claimed"] == 0 and chunk_state(wdb)["errors"] == 0
 
 
-def test_flushed_broker_is_recovered_by_reconcile(wdb: Database, workers: WorkerPool, tmp_path: Path) -> None:  # noqa: F811
+def test_flushed_broker_is_recovered_by_reconcile(wdb: Database, workers: WorkerPool, tmp_path: Path) -> None:
     import redis
 
     ingest(wdb, notes(10), tmp_path / "n.jsonl")
@@ -210,7 +220,9 @@ def test_flushed_broker_is_recovered_by_reconcile(wdb: Database, workers: Worker
 
 
 def test_document_edited_while_encoding_ends_with_the_new_texts_vector(
-    wdb: Database, workers: WorkerPool, tmp_path: Path  # noqa: F811
+    wdb: Database,
+    workers: WorkerPool,
+    tmp_path: Path,
 ) -> None:
     docs = notes(2)
     start(workers, "w1", wdb)
@@ -218,7 +230,9 @@ def test_document_edited_while_encoding_ends_with_the_new_texts_vector(
         ingest(wdb, docs, tmp_path / "v1.jsonl")
         wait_until(lambda: backend_waiting_on_lock(wdb, "w1"), TIMEOUT, "the worker to encode the old text")
         with wdb.connect() as conn:
-            old_hashes = {bytes(r[0]) for r in conn.execute("SELECT content_hash FROM medpg.chunks").fetchall()}
+            old_hashes = {
+                bytes(r[0]) for r in conn.execute("SELECT content_hash FROM medpg.chunks").fetchall()
+            }
         # New titles: every chunk's encoder input, so every content hash, changes.
         ingest(wdb, [{**d, "title": "Revised " + d["title"]} for d in docs], tmp_path / "v2.jsonl")
         lock.release()
@@ -230,7 +244,9 @@ def test_document_edited_while_encoding_ends_with_the_new_texts_vector(
 
 
 def test_two_workers_split_2000_chunks_without_duplicate_writes(
-    wdb: Database, workers: WorkerPool, tmp_path: Path  # noqa: F811
+    wdb: Database,
+    workers: WorkerPool,
+    tmp_path: Path,
 ) -> None:
     a = start(workers, "a", wdb, wait=False)
     b = start(workers, "b", wdb, wait=False)
@@ -253,7 +269,9 @@ def test_two_workers_split_2000_chunks_without_duplicate_writes(
 
 
 def test_poison_chunk_is_isolated_reported_and_requeued(
-    wdb: Database, workers: WorkerPool, tmp_path: Path  # noqa: F811
+    wdb: Database,
+    workers: WorkerPool,
+    tmp_path: Path,
 ) -> None:
     settings = wdb.settings.model_copy(update={"embed_fault_marker": POISON})
     docs = notes(10)

@@ -3,6 +3,9 @@
 Uses a PostgreSQL server of its own (not the session's), so stopping it disturbs no other test.
 """
 
+# Fixtures imported from worker_harness are redefined as test parameters, by design.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import contextlib
@@ -85,8 +88,8 @@ def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnServer]:
 
 def test_worker_recovers_from_a_postgres_restart_without_restarting(
     own_server: OwnServer,
-    redis_url: str,  # noqa: F811
-    workers: WorkerPool,  # noqa: F811
+    redis_url: str,
+    workers: WorkerPool,
     tiny_bert_dir: Path,
     tiny_cross_encoder_dir: Path,
     tmp_path: Path,
@@ -113,9 +116,12 @@ def test_worker_recovers_from_a_postgres_restart_without_restarting(
     # Documents ingested without messages, then the server goes away and the messages arrive.
     ingest_docs(db, settings, docs[4:8], tmp_path / "b.jsonl")
     with db.connect() as conn:
-        pending = [r[0] for r in conn.execute(
-            "SELECT id FROM medpg.chunks WHERE embedded_hash IS DISTINCT FROM content_hash ORDER BY id"
-        ).fetchall()]
+        pending = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM medpg.chunks WHERE embedded_hash IS DISTINCT FROM content_hash ORDER BY id"
+            ).fetchall()
+        ]
     assert pending
     db.dispose()
     own_server.stop()

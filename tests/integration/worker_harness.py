@@ -111,7 +111,9 @@ def all_current(db: Database) -> bool:
     return state["chunks"] > 0 and state["current"] == state["chunks"]
 
 
-def chunk_inputs(db: Database, ids: Sequence[int] | None = None) -> list[tuple[int, str, str, np.ndarray | None]]:
+def chunk_inputs(
+    db: Database, ids: Sequence[int] | None = None
+) -> list[tuple[int, str, str, np.ndarray | None]]:
     """(id, title, text, stored vector) of chunks, by id."""
     from medpg.embedding import ensure_vector_types
 
@@ -259,9 +261,23 @@ class CeleryWorker:
         else:
             celery = shutil.which("celery", path=bin_dir) or "celery"
             self.argv = [
-                celery, "-A", "workers.celery_app", "worker", "-P", pool, "-c", "1",
-                "-Q", ",".join(queues), "-n", f"{name}@%h", "--loglevel", "INFO",
-                "--without-heartbeat", "--without-gossip", "--without-mingle",
+                celery,
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "-P",
+                pool,
+                "-c",
+                "1",
+                "-Q",
+                ",".join(queues),
+                "-n",
+                f"{name}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
             ]
             if beat:
                 self.argv += ["-B", "-s", str(log_dir / f"{name}-beat-schedule")]
@@ -291,7 +307,9 @@ class CeleryWorker:
             if " ready." in self.log()[self._offset :]:
                 return
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"worker {self.name} exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+                raise AssertionError(
+                    f"worker {self.name} exited with {self.proc.returncode}:\n{self.log()[-4000:]}"
+                )
             time.sleep(0.2)
         raise AssertionError(f"worker {self.name} not ready after {timeout}s:\n{self.log()[-4000:]}")
 
@@ -358,7 +376,9 @@ def redis_url() -> Iterator[str]:
     try:
         client.ping()
     except redis.exceptions.ConnectionError as exc:
-        pytest.skip(f"Redis is not reachable at {TEST_REDIS_URL} ({exc}); start redis-server or set TEST_REDIS_URL")
+        pytest.skip(
+            f"Redis is not reachable at {TEST_REDIS_URL} ({exc}); start redis-server or set TEST_REDIS_URL"
+        )
     client.flushdb()
     yield TEST_REDIS_URL
     client.flushdb()

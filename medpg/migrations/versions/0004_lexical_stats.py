@@ -7,8 +7,10 @@
   Keeping the title's share apart lets the title weight be chosen at query time.
 - ``medpg.lexical_stats``: document count and total lengths, split over 16 slots chosen by backend
   so concurrent writers rarely update the same row; search sums the slots.
-- Document frequencies are not stored: a BM25 query scans every posting of its terms anyway, so
-  it counts them on the way (exact under MVCC, and writers never contend on rows of common terms).
+- Document frequencies are not stored as counters: a BM25 query scans every posting of its terms
+  anyway, so it counts them on the way (exact in the query's snapshot, and writers never contend
+  on rows of common terms). ``medpg.lexical_document_frequencies`` and ``medpg.lexical_corpus``
+  are views for inspection.
 
 Term frequencies come from the stored ``documents.tsv`` when it is exact. A tsvector keeps at
 most 255 positions per lexeme (256 after concatenation) and clamps positions at 16,383, so for a
@@ -100,8 +102,7 @@ def _add(src: str) -> str:
 
 def _remove(src: str) -> str:
     """One statement: delete the postings of the documents of ``src`` and subtract their stats."""
-    return (
-        f"""
+    return f"""
 WITH del AS (
     DELETE FROM medpg.lexical_postings p
     USING (SELECT o.id, l.lexeme FROM {src} o, unnest(tsvector_to_array(o.tsv)) l(lexeme)) x
@@ -109,13 +110,18 @@ WITH del AS (
     RETURNING p.document_id, p.dl, p.dl_title
 ),
 gone AS (SELECT DISTINCT document_id, dl, dl_title FROM del)
-"""
-        + _ADD_STATS.format(src=src, sign="-", lengths="gone")
-    )
+""" + _ADD_STATS.format(src=src, sign="-", lengths="gone")
 
 
-_CHANGED_OLD = "(SELECT o.* FROM old_docs o JOIN new_docs n ON n.id = o.id WHERE o.tsv IS DISTINCT FROM n.tsv)"
-_CHANGED_NEW = "(SELECT n.* FROM new_docs n JOIN old_docs o ON o.id = n.id WHERE o.tsv IS DISTINCT FROM n.tsv)"
+# Rows of an UPDATE whose text changed (or whose id did): their postings are replaced.
+_CHANGED_OLD = (
+    "(SELECT o.* FROM old_docs o WHERE NOT EXISTS "
+    "(SELECT 1 FROM new_docs n WHERE n.id = o.id AND n.tsv IS NOT DISTINCT FROM o.tsv))"
+)
+_CHANGED_NEW = (
+    "(SELECT n.* FROM new_docs n WHERE NOT EXISTS "
+    "(SELECT 1 FROM old_docs o WHERE o.id = n.id AND o.tsv IS NOT DISTINCT FROM n.tsv))"
+)
 
 
 def upgrade() -> None:
@@ -229,6 +235,8 @@ def upgrade() -> None:
             TRUNCATE medpg.lexical_postings;
             DELETE FROM medpg.lexical_stats;
             {_add("medpg.documents")};
+            -- Fresh statistics, or the planner guesses at a table that just changed completely.
+            ANALYZE medpg.lexical_postings;
             SELECT count(*) INTO n FROM medpg.lexical_postings;
             RETURN n;
         END
@@ -239,11 +247,29 @@ def upgrade() -> None:
         "COMMENT ON FUNCTION medpg.rebuild_lexical_index() IS 'Recompute BM25 postings and statistics "
         "from medpg.documents; returns the number of postings'"
     )
+    op.execute(
+        """
+        CREATE VIEW medpg.lexical_document_frequencies AS
+        SELECT lexeme, count(*) AS document_frequency FROM medpg.lexical_postings GROUP BY lexeme
+        """
+    )
+    op.execute(
+        """
+        CREATE VIEW medpg.lexical_corpus AS
+        SELECT coalesce(sum(documents), 0) AS documents,
+               coalesce(sum(length), 0) AS total_length,
+               coalesce(sum(title_length), 0) AS total_title_length,
+               coalesce(sum(length), 0)::float8 / greatest(coalesce(sum(documents), 0), 1) AS average_length
+        FROM medpg.lexical_stats
+        """
+    )
     # Documents that exist before this revision (an upgrade of a populated database).
     op.execute("SELECT medpg.rebuild_lexical_index()")
 
 
 def downgrade() -> None:
+    op.execute("DROP VIEW IF EXISTS medpg.lexical_corpus")
+    op.execute("DROP VIEW IF EXISTS medpg.lexical_document_frequencies")
     for name in ("lexical_insert", "lexical_update", "lexical_delete", "lexical_truncate"):
         op.execute(f"DROP TRIGGER IF EXISTS {name} ON medpg.documents")
     op.execute("DROP FUNCTION IF EXISTS medpg.rebuild_lexical_index()")

@@ -64,8 +64,16 @@ def _allowed(doc_id: str) -> str:
 
 
 FUNCTIONS = [
-    "hybrid_search", "fuse", "minmax", "dense_search", "dense_document_scores", "ts_rank_search",
-    "bm25_search", "bm25_scores", "or_tsquery", "query_lexemes",
+    "hybrid_search",
+    "fuse",
+    "minmax",
+    "dense_search",
+    "dense_document_scores",
+    "ts_rank_search",
+    "bm25_search",
+    "bm25_scores",
+    "or_tsquery",
+    "query_lexemes",
 ]
 
 
@@ -103,8 +111,8 @@ def upgrade() -> None:
     op.execute(
         """
         CREATE FUNCTION medpg.bm25_scores(
-            query_text text, k1 double precision DEFAULT 0.9, b double precision DEFAULT 0.4,
-            title_weight double precision DEFAULT 1.0)
+            query_text text, k1 double precision DEFAULT 2.0, b double precision DEFAULT 0.5,
+            title_weight double precision DEFAULT 2.0)
         RETURNS TABLE (document_id bigint, score double precision)
         LANGUAGE sql STABLE PARALLEL SAFE
         AS $$
@@ -142,8 +150,8 @@ def upgrade() -> None:
     op.execute(
         f"""
         CREATE FUNCTION medpg.bm25_search(
-            query_text text, n integer DEFAULT 100, k1 double precision DEFAULT 0.9,
-            b double precision DEFAULT 0.4, title_weight double precision DEFAULT 1.0,
+            query_text text, n integer DEFAULT 100, k1 double precision DEFAULT 2.0,
+            b double precision DEFAULT 0.5, title_weight double precision DEFAULT 2.0,
             also bigint[] DEFAULT NULL,{FILTER_ARGS})
         RETURNS TABLE (document_id bigint, rank integer, score double precision)
         LANGUAGE sql STABLE PARALLEL SAFE
@@ -244,10 +252,12 @@ def upgrade() -> None:
         DECLARE
             filtered boolean := {HAS_FILTER};
             space_model text;
-            chunk_limit integer := greatest(n, 1) * 2;
+            chunk_limit integer := ceil(greatest(n, 1) * 2.5)::integer;
             ids bigint[];
             docs bigint[];
             dists double precision[];
+            starts integer[];
+            ends integer[];
             got integer;
             distinct_docs integer;
         BEGIN
@@ -258,10 +268,11 @@ def upgrade() -> None:
             SELECT e.model INTO space_model FROM medpg.embedding_space e;
             LOOP
                 SELECT array_agg(x.id ORDER BY x.dist, x.id), array_agg(x.document_id ORDER BY x.dist, x.id),
-                       array_agg(x.dist ORDER BY x.dist, x.id)
-                  INTO ids, docs, dists
+                       array_agg(x.dist ORDER BY x.dist, x.id), array_agg(x.char_start ORDER BY x.dist, x.id),
+                       array_agg(x.char_end ORDER BY x.dist, x.id)
+                  INTO ids, docs, dists, starts, ends
                 FROM (
-                    SELECT c.id, c.document_id, ({dist})::float8 AS dist
+                    SELECT c.id, c.document_id, ({dist})::float8 AS dist, c.char_start, c.char_end
                     FROM medpg.chunks c
                     WHERE c.embedding_model = space_model
                       AND {_allowed("c.document_id")}
@@ -270,18 +281,22 @@ def upgrade() -> None:
                 ) x;
                 got := coalesce(cardinality(ids), 0);
                 SELECT count(DISTINCT d) INTO distinct_docs FROM unnest(docs) d;
-                -- Several chunks of one document can fill the list: widen until n documents.
+                -- Several chunks of one document can fill the list: widen, by the chunks-per-document
+                -- ratio just seen, until the chunks cover n documents.
                 EXIT WHEN got < chunk_limit OR distinct_docs >= n OR chunk_limit >= 64 * greatest(n, 1);
-                chunk_limit := chunk_limit * 4;
+                chunk_limit := least(64 * greatest(n, 1), greatest(
+                    chunk_limit + n,
+                    ceil(chunk_limit::numeric * n / greatest(distinct_docs, 1) * 1.25)::integer));
             END LOOP;
             IF filtered AND distinct_docs < n THEN
                 -- The index scan stopped early (hnsw.max_scan_tuples): a selective filter, so an
                 -- exact scan of the matching documents is cheap and complete.
                 SELECT array_agg(x.id ORDER BY x.dist, x.id), array_agg(x.document_id ORDER BY x.dist, x.id),
-                       array_agg(x.dist ORDER BY x.dist, x.id)
-                  INTO ids, docs, dists
+                       array_agg(x.dist ORDER BY x.dist, x.id), array_agg(x.char_start ORDER BY x.dist, x.id),
+                       array_agg(x.char_end ORDER BY x.dist, x.id)
+                  INTO ids, docs, dists, starts, ends
                 FROM (
-                    SELECT c.id, c.document_id, ({dist})::float8 AS dist
+                    SELECT c.id, c.document_id, ({dist})::float8 AS dist, c.char_start, c.char_end
                     FROM medpg.documents fd
                     JOIN medpg.chunks c ON c.document_id = fd.id
                     WHERE {_filter("fd")}
@@ -292,16 +307,16 @@ def upgrade() -> None:
             END IF;
             RETURN QUERY
             WITH best AS (
-                SELECT DISTINCT ON (x.doc) x.doc, x.chunk, x.dist
-                FROM unnest(docs, ids, dists) AS x(doc, chunk, dist)
+                SELECT DISTINCT ON (x.doc) x.doc, x.chunk, x.dist, x.cs, x.ce
+                FROM unnest(docs, ids, dists, starts, ends) AS x(doc, chunk, dist, cs, ce)
                 ORDER BY x.doc, x.dist, x.chunk
             ),
             top AS (
-                SELECT best.doc, best.chunk, best.dist FROM best ORDER BY best.dist, best.doc LIMIT greatest(n, 0)
+                SELECT best.* FROM best ORDER BY best.dist, best.doc LIMIT greatest(n, 0)
             )
             SELECT top.doc, (row_number() OVER (ORDER BY top.dist, top.doc))::integer,
-                   ({score.format(dist="top.dist")})::float8, top.chunk, ch.char_start, ch.char_end
-            FROM top JOIN medpg.chunks ch ON ch.id = top.chunk
+                   ({score.format(dist="top.dist")})::float8, top.chunk, top.cs, top.ce
+            FROM top
             UNION ALL
             SELECT s.document_id, NULL::integer, s.score, s.chunk_id, s.char_start, s.char_end
             FROM medpg.dense_document_scores(query_embedding,
@@ -342,8 +357,10 @@ def upgrade() -> None:
                     AS c(document_id, dr, ds, lr, ls)
             ),
             m AS (
-                SELECT min(c.ds) FILTER (WHERE c.dr IS NOT NULL) AS dlo, max(c.ds) FILTER (WHERE c.dr IS NOT NULL) AS dhi,
-                       min(c.ls) FILTER (WHERE c.lr IS NOT NULL) AS llo, max(c.ls) FILTER (WHERE c.lr IS NOT NULL) AS lhi
+                SELECT min(c.ds) FILTER (WHERE c.dr IS NOT NULL) AS dlo,
+                       max(c.ds) FILTER (WHERE c.dr IS NOT NULL) AS dhi,
+                       min(c.ls) FILTER (WHERE c.lr IS NOT NULL) AS llo,
+                       max(c.ls) FILTER (WHERE c.lr IS NOT NULL) AS lhi
                 FROM c
             )
             SELECT c.document_id,
@@ -371,9 +388,9 @@ def upgrade() -> None:
             rrf_k integer DEFAULT 60,
             dense_weight double precision DEFAULT 0.5,
             lexical_weight double precision DEFAULT 0.5,
-            k1 double precision DEFAULT 0.9,
-            b double precision DEFAULT 0.4,
-            title_weight double precision DEFAULT 1.0,
+            k1 double precision DEFAULT 2.0,
+            b double precision DEFAULT 0.5,
+            title_weight double precision DEFAULT 2.0,
             ts_rank_cover_density boolean DEFAULT false,
             ts_rank_normalization integer DEFAULT 0,
             ef_search integer DEFAULT 100,{FILTER_ARGS})
@@ -477,29 +494,45 @@ def upgrade() -> None:
                 -- Only documents some list ranked; the others are there for their scores only.
                 WHERE dn.dr IS NOT NULL OR lx.lr IS NOT NULL
             ),
+            arr AS (
+                SELECT array_agg(u.doc ORDER BY u.doc) AS a_doc, array_agg(u.dr ORDER BY u.doc) AS a_dr,
+                       array_agg(u.ds ORDER BY u.doc) AS a_ds, array_agg(u.lr ORDER BY u.doc) AS a_lr,
+                       array_agg(u.ls ORDER BY u.doc) AS a_ls
+                FROM u
+            ),
+            fz AS (
+                SELECT x.document_id, x.fused_score
+                FROM arr CROSS JOIN LATERAL medpg.fuse(arr.a_doc, arr.a_dr, arr.a_ds, arr.a_lr, arr.a_ls,
+                                                       fusion, rrf_k, dense_weight, lexical_weight) x
+                WHERE mode = 'hybrid'
+            ),
             f AS (
                 SELECT u.*,
                        CASE WHEN mode = 'dense' THEN u.ds
                             WHEN mode = 'lexical' THEN u.ls
                             ELSE fz.fused_score END AS fused
-                FROM u
-                LEFT JOIN medpg.fuse(
-                    (SELECT array_agg(u2.doc ORDER BY u2.doc) FROM u u2), (SELECT array_agg(u2.dr ORDER BY u2.doc) FROM u u2),
-                    (SELECT array_agg(u2.ds ORDER BY u2.doc) FROM u u2), (SELECT array_agg(u2.lr ORDER BY u2.doc) FROM u u2),
-                    (SELECT array_agg(u2.ls ORDER BY u2.doc) FROM u u2), fusion, rrf_k, dense_weight, lexical_weight
-                ) fz ON fz.document_id = u.doc AND mode = 'hybrid'
+                FROM u LEFT JOIN fz ON fz.document_id = u.doc
             ),
             top AS (
                 SELECT f.* FROM f ORDER BY f.fused DESC NULLS LAST, f.doc LIMIT k
             ),
-            -- Evidence passage when there is no dense score: the chunk matching most query lexemes.
-            lexical_evidence AS (
-                SELECT DISTINCT ON (c.document_id) c.document_id, c.id, c.char_start, c.char_end
-                FROM top JOIN medpg.chunks c ON c.document_id = top.doc
-                WHERE top.chunk IS NULL
-                ORDER BY c.document_id,
-                         ts_rank(to_tsvector('english'::regconfig, c.text), medpg.or_tsquery(query_text)) DESC NULLS LAST,
-                         c.ordinal
+            -- Evidence passage when there is no dense score: of a document's several chunks, the one
+            -- where the query's lexemes (stems) occur most often, counted as substrings of the lower-
+            -- cased text (no parsing at query time; a one-chunk document needs no ranking).
+            lexical_evidence AS MATERIALIZED (
+                SELECT DISTINCT ON (x.document_id) x.document_id, x.id, x.char_start, x.char_end
+                FROM (
+                    SELECT c.document_id, c.id, c.char_start, c.char_end, c.ordinal, lower(c.text) AS text,
+                           count(*) OVER (PARTITION BY c.document_id) AS n
+                    FROM top JOIN medpg.chunks c ON c.document_id = top.doc
+                    WHERE top.chunk IS NULL
+                ) x
+                ORDER BY x.document_id,
+                         CASE WHEN x.n > 1 THEN (
+                             SELECT sum((length(x.text) - length(replace(x.text, l, ''))) / length(l))
+                             FROM unnest(lexemes) l WHERE length(l) > 0)
+                         END DESC NULLS LAST,
+                         x.ordinal
             )
             SELECT top.doc,
                    (row_number() OVER (ORDER BY top.fused DESC NULLS LAST, top.doc))::integer,
