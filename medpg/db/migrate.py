@@ -53,6 +53,9 @@ def _run(db: Database, fn: str, revision: str) -> None:
             getattr(command, fn)(cfg, revision)
     except DBAPIError as exc:
         raise DatabaseError(f"migration {fn} to {revision!r} failed: {_orig(exc)}") from None
+    # Pooled connections opened before the extension existed have no pgvector types registered:
+    # drop them so every later connection registers on connect.
+    db.dispose()
 
 
 def _orig(exc: DBAPIError) -> str:
