@@ -128,7 +128,8 @@ class _WordPieceCounter:
     def count(self, text: str) -> int:
         # Whitespace-separated words are counted whole (the tokenizer splits their punctuation the
         # same way in or out of context). Control and format characters, which BERT's normaliser
-        # deletes and str.split() may treat as separators, take the exact pre-token path.
+        # deletes and str.split() may treat as separators, make a text take the slower word regex
+        # that joins the words around them.
         irregular, word = _irregular()
         words = word.findall(text) if irregular.search(text) else text.split()
         try:
