@@ -31,7 +31,6 @@ from medpg.config import get_settings
 from medpg.db import Database
 from medpg.encoders import load_query_encoder
 from medpg.evaluation import load_beir
-from medpg.search.sql import ensure_vector_types
 
 ROOT = Path(__file__).resolve().parent
 RESULT = ROOT / "results" / "search_latency.md"
@@ -57,7 +56,6 @@ def latency(
     s = db.settings
     out: dict[str, tuple[float, float]] = {}
     with db.connect() as conn:
-        ensure_vector_types(conn)
         for name, sql in CALLS.items():
             args = [
                 {

@@ -146,15 +146,6 @@ def space_model(conn: psycopg.Connection[Any], *, lock: str = "") -> str | None:
     return row[0]
 
 
-def ensure_vector_types(conn: psycopg.Connection[Any]) -> None:
-    """Register pgvector on ``conn`` if it is not yet (a pooled connection opened before the
-    migration that created the extension has no vector adapters)."""
-    if conn.adapters.types.get("vector") is None:
-        from medpg.db.engine import register_vector_types
-
-        register_vector_types(conn)
-
-
 def mode_for(model: str, active: str | None) -> Mode:
     """Where vectors of ``model`` go: straight into chunks.embedding, or to staging during a switch."""
     return "direct" if active is None or active == model else "staging"
@@ -365,7 +356,6 @@ class Embedder:
         hashes = [c.content_hash for c, _ in encoded]
         vectors = [v for _, v in encoded]
         with self.db.connect() as conn:
-            ensure_vector_types(conn)
             active = space_model(conn, lock="FOR SHARE")
             mode = mode_for(self.model, active)
             params = self._params(ids=ids, hashes=hashes, vectors=vectors)
@@ -705,7 +695,6 @@ __all__ = [
     "article_model_identity",
     "batched",
     "count_claimable",
-    "ensure_vector_types",
     "finish_model_switch",
     "is_transient",
     "mode_for",

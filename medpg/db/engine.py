@@ -107,6 +107,10 @@ class Database:
         try:
             conn = raw.driver_connection
             assert isinstance(conn, psycopg.Connection)
+            # A pooled connection opened before the extension existed (the first migration, possibly
+            # run by another process) has no vector adapters yet.
+            if conn.adapters.types.get("vector") is None:
+                register_vector_types(conn)
             yield conn
             if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.rollback()

@@ -80,14 +80,6 @@ def filter_params(filters: Filters) -> dict[str, Any]:
     }
 
 
-def ensure_vector_types(conn: psycopg.Connection[Any]) -> None:
-    """Register pgvector on a pooled connection opened before the extension existed."""
-    if conn.adapters.types.get("vector") is None:
-        from medpg.db.engine import register_vector_types
-
-        register_vector_types(conn)
-
-
 def hybrid_search(
     conn: psycopg.Connection[Any],
     query_text: str,
@@ -96,7 +88,6 @@ def hybrid_search(
     filters: Filters,
 ) -> list[Row]:
     """One call of ``medpg.hybrid_search``; rows best first."""
-    ensure_vector_types(conn)
     args: dict[str, Any] = {
         "query_text": query_text,
         "query_embedding": None if embedding is None else np.asarray(embedding, dtype=np.float32),

@@ -21,7 +21,6 @@ from medpg.db import Database
 from medpg.errors import ConfigError, InputError
 from medpg.search import Filters, search
 from medpg.search.fusion import Candidate, fuse
-from medpg.search.sql import ensure_vector_types
 from tests.conftest import truncate
 
 pytestmark = pytest.mark.integration
@@ -48,7 +47,6 @@ def add_documents(db: Database, source: str, docs: list[dict[str, Any]]) -> dict
 
     model = article_model_identity(db.settings)
     with db.connect() as conn:
-        ensure_vector_types(conn)
         ids: dict[str, int] = {}
         for d in docs:
             body = d["body"]
@@ -172,7 +170,6 @@ def test_results_explain_themselves(miss_db: Database) -> None:
 def test_sql_fusion_equals_python_fusion_on_random_inputs(miss_db: Database) -> None:
     rng = random.Random(7)
     with miss_db.connect() as conn:
-        ensure_vector_types(conn)
         for trial in range(20):
             n = rng.randint(1, 30)
             cands = []
@@ -207,7 +204,6 @@ def test_sql_fusion_equals_python_fusion_on_random_inputs(miss_db: Database) -> 
 @pytest.mark.parametrize("method", ["weighted", "rrf"])
 def test_hybrid_search_fused_scores_equal_python_fusion(miss_db: Database, method: str) -> None:
     with miss_db.connect() as conn:
-        ensure_vector_types(conn)
         rows = conn.execute(
             "SELECT document_id, dense_rank, dense_score, lexical_rank, lexical_score, fused_score, rank "
             "FROM medpg.hybrid_search(%s, %s, k => 100, fusion => %s, dense_weight => 0.7, lexical_weight => 0.3)",
@@ -480,7 +476,6 @@ def test_inner_product_space(migrated_db: Callable[..., Database], tiny_bert_dir
         rng = np.random.default_rng(3)
         vectors = rng.normal(size=(6, 32)).astype(np.float32)
         with db.connect() as conn:
-            ensure_vector_types(conn)
             for i, v in enumerate(vectors):
                 doc = conn.execute(
                     "INSERT INTO medpg.documents (source, external_id, body, content_hash) "

@@ -115,10 +115,7 @@ def chunk_inputs(
     db: Database, ids: Sequence[int] | None = None
 ) -> list[tuple[int, str, str, np.ndarray | None]]:
     """(id, title, text, stored vector) of chunks, by id."""
-    from medpg.embedding import ensure_vector_types
-
     with db.connect() as conn:
-        ensure_vector_types(conn)
         rows = conn.execute(
             "SELECT c.id, d.title, c.text, c.embedding FROM medpg.chunks c "
             "JOIN medpg.documents d ON d.id = c.document_id "
