@@ -5,6 +5,12 @@ number) and ingests it into a fresh database on the embedded PostgreSQL, with th
 path as `medpg ingest`. Reports documents/s for the first load and for a re-ingest of the
 unchanged file, median over --repeat runs.
 
+With --breakdown N it also measures where the time of a document goes, on the first N documents:
+CPU in this process (validation, chunking) and server time per document of each part of an
+insert. The server parts are measured by inserting the documents in 1,000-row statements inside
+a transaction that is rolled back, with parts switched off one at a time: GIN index dropped,
+BM25 triggers disabled; the weighted tsvector is timed alone with parallel query off.
+
     python benchmarks/ingest.py --docs 100000 --repeat 3 --out benchmarks/results/ingest.md
 """
 
@@ -63,6 +69,71 @@ def run_once(path: Path, n_docs: int, batch_size: int, work: Path) -> tuple[floa
         db.dispose()
 
 
+def breakdown(path: Path, n_docs: int, work: Path) -> list[tuple[str, float]]:
+    """Microseconds per document of each part of ingest (see the module docstring)."""
+    from medpg.chunking import Chunker
+    from medpg.config import Settings
+    from medpg.db import Database, migrate
+    from medpg.ingest import Record, read_records
+
+    settings = Settings(_env_file=None, data_dir=work / "pg-breakdown", model_profile="minilm")  # type: ignore[call-arg]
+    started = time.perf_counter()
+    everything = [r for r in read_records(path, settings, "auto", None) if isinstance(r, Record)]
+    validate = (time.perf_counter() - started) * 1e6 / len(everything)
+    records = everything[:n_docs]
+    chunker = Chunker.from_settings(settings)
+    chunker.chunk_many([r.title for r in records[:1000]], [r.body for r in records[:1000]])  # warm
+    started = time.perf_counter()
+    chunker.chunk_many([r.title for r in records], [r.body for r in records])
+    chunking = (time.perf_counter() - started) * 1e6 / n_docs
+
+    db = Database(settings)
+    migrate.upgrade(db)
+    insert = (
+        "INSERT INTO medpg.documents (source, external_id, title, body, content_hash) "
+        "SELECT 'b', ext, title, body, '\\x00' FROM stage WHERE i >= %s AND i < %s"
+    )
+
+    def timed_insert(conn: object, setup: list[str]) -> float:
+        with conn.transaction(force_rollback=True):  # type: ignore[attr-defined]
+            for sql in setup:
+                conn.execute(sql)  # type: ignore[attr-defined]
+            started = time.perf_counter()
+            for lo in range(0, n_docs, 1000):
+                conn.execute(insert, (lo, lo + 1000))  # type: ignore[attr-defined]
+            return (time.perf_counter() - started) * 1e6 / n_docs
+
+    try:
+        with db.connect() as conn:
+            conn.execute("CREATE TEMP TABLE stage (i integer PRIMARY KEY, ext text, title text, body text)")
+            with conn.cursor().copy("COPY stage FROM STDIN") as copy:
+                for i, r in enumerate(records):
+                    copy.write_row((i, r.external_id, r.title, r.body))
+            conn.execute("ANALYZE stage")
+            conn.execute("SET max_parallel_workers_per_gather = 0")
+            started = time.perf_counter()
+            conn.execute(
+                "SELECT sum(length(setweight(to_tsvector('english'::regconfig, title), 'A') "
+                "|| setweight(to_tsvector('english'::regconfig, body), 'B'))) FROM stage"
+            ).fetchone()
+            tsvector = (time.perf_counter() - started) * 1e6 / n_docs
+            no_triggers = "ALTER TABLE medpg.documents DISABLE TRIGGER USER"
+            bare = timed_insert(conn, [no_triggers, "DROP INDEX medpg.documents_tsv_idx"])
+            with_gin = timed_insert(conn, [no_triggers])
+            full = timed_insert(conn, [])
+    finally:
+        db.dispose()
+    return [
+        ("validation (this process)", validate),
+        ("chunking (this process, word counts cached)", chunking),
+        ("weighted tsvector alone (server)", tsvector),
+        ("insert: heap, btrees and tsvector (server)", bare),
+        ("GIN index on tsv, pending list on (server)", with_gin - bare),
+        ("BM25 blocks and statistics, triggers (server)", full - with_gin),
+        ("documents insert in all (server)", full),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
@@ -70,6 +141,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=None, help="Write a markdown result here.")
+    ap.add_argument(
+        "--breakdown", type=int, default=0, metavar="N", help="Also time each part on N documents."
+    )
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="medpg-bench-ingest-"))
@@ -111,6 +185,19 @@ def main() -> None:
                 "",
             ]
         )
+        if args.breakdown:
+            parts = breakdown(path, min(args.breakdown, n), work)
+            report += "\n".join(
+                [
+                    "",
+                    f"## Where a document's time goes (first {min(args.breakdown, n):,} documents)",
+                    "",
+                    "| part | microseconds per document |",
+                    "|---|---:|",
+                    *(f"| {name} | {us:,.0f} |" for name, us in parts),
+                    "",
+                ]
+            )
         print(report)
         if args.out:
             args.out.write_text(report)

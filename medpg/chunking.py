@@ -88,12 +88,15 @@ _WORD = re.compile(r"\S+")
 _CACHE_LIMIT = 500_000
 
 
+def _is_deleted(ch: str) -> bool:
+    return (unicodedata.category(ch).startswith("C") and ch not in "\t\n\r") or ch == "\ufffd"
+
+
 @lru_cache(maxsize=1)
 def _deleted_chars() -> str:
     ranges: list[tuple[int, int]] = []
     for cp in range(sys.maxunicode + 1):
-        ch = chr(cp)
-        if (unicodedata.category(ch).startswith("C") and ch not in "\t\n\r") or ch == "\ufffd":
+        if _is_deleted(chr(cp)):
             if ranges and ranges[-1][1] == cp - 1:
                 ranges[-1] = (ranges[-1][0], cp)
             else:
@@ -102,9 +105,25 @@ def _deleted_chars() -> str:
 
 
 @lru_cache(maxsize=1)
-def _irregular() -> tuple[re.Pattern[str], re.Pattern[str]]:
-    deleted = _deleted_chars()
-    return re.compile(f"[{deleted}]"), re.compile(rf"(?:[^\s]|[{deleted}])+")
+def _irregular_word() -> re.Pattern[str]:
+    return re.compile(rf"(?:[^\s]|[{_deleted_chars()}])+")
+
+
+# The ASCII characters the normaliser deletes; other characters are looked up by category, once each.
+# (A single regex class of every deleted code point is a linear scan of thousands of ranges per
+# character: ~1 ms per abstract.)
+_ASCII_DELETED = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_is_deleted_cached = lru_cache(maxsize=1 << 16)(_is_deleted)
+
+
+def _is_irregular(text: str) -> bool:
+    """Whether ``text`` holds a character BERT's normaliser deletes (so words must be joined)."""
+    if _ASCII_DELETED.search(text) is not None:
+        return True
+    if text.isascii():
+        return False
+    return any(map(_is_deleted_cached, set(_NON_ASCII.findall(text))))
 
 
 class _WordPieceCounter:
@@ -130,8 +149,7 @@ class _WordPieceCounter:
         # same way in or out of context). Control and format characters, which BERT's normaliser
         # deletes and str.split() may treat as separators, make a text take the slower word regex
         # that joins the words around them.
-        irregular, word = _irregular()
-        words = word.findall(text) if irregular.search(text) else text.split()
+        words = _irregular_word().findall(text) if _is_irregular(text) else text.split()
         try:
             return sum(map(self.cache.__getitem__, words))
         except KeyError:
@@ -140,8 +158,7 @@ class _WordPieceCounter:
 
     def spans(self, text: str) -> list[tuple[int, int, int]]:
         """(char_start, char_end, tokens) for each word of ``text``: chunk boundaries fall between them."""
-        irregular, word = _irregular()
-        pattern = word if irregular.search(text) else _WORD
+        pattern = _irregular_word() if _is_irregular(text) else _WORD
         matches = [(m.start(), m.end(), m.group()) for m in pattern.finditer(text)]
         self._fill([w for _, _, w in matches])
         return [(a, b, self.cache[w]) for a, b, w in matches]

@@ -6,7 +6,7 @@ import hashlib
 import math
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,25 @@ def assert_current(conn: Any) -> None:
     conn.rollback()
     assert kept == rebuilt
     assert kept[1][0] == conn.execute("SELECT count(*) FROM medpg.documents").fetchone()[0]
+
+
+def run_concurrently(work: Callable[[Any], None], args: list[Any]) -> None:
+    """Run ``work(arg)`` for each arg in its own thread; re-raise the first error any of them hit."""
+    errors: list[BaseException] = []
+
+    def guarded(arg: Any) -> None:
+        try:
+            work(arg)
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(a,)) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 @pytest.fixture()
@@ -258,30 +277,73 @@ def test_ingest_upserts_keep_postings_current(db: Database, tmp_path: Path) -> N
 
 def test_concurrent_writers_keep_exact_statistics(db: Database) -> None:
     truncate(db)
-    errors: list[BaseException] = []
 
     def write(prefix: str) -> None:
-        try:
-            with db.connect() as conn:
-                for batch in range(5):
-                    insert_sql(
-                        conn,
-                        prefix,
-                        {
-                            f"{prefix}{batch}-{i}": ("t", f"shared words cancer {prefix} {i}")
-                            for i in range(20)
-                        },
-                    )
-                    conn.commit()
-        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
-            errors.append(exc)
+        with db.connect() as conn:
+            for batch in range(5):
+                insert_sql(
+                    conn,
+                    prefix,
+                    {f"{prefix}{batch}-{i}": ("t", f"shared words cancer {prefix} {i}") for i in range(20)},
+                )
+                conn.commit()
 
-    threads = [threading.Thread(target=write, args=(p,)) for p in ("a", "b", "c")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_concurrently(write, ["a", "b", "c"])
     with db.connect() as conn:
         assert snapshot(conn)[1][0] == 300
+        assert_current(conn)
+
+
+def test_large_statements_are_cut_into_blocks(db: Database) -> None:
+    truncate(db)
+    with db.connect() as conn:
+        conn.execute(
+            "INSERT INTO medpg.documents (source, external_id, title, body, content_hash) "
+            "SELECT 'bulk', 'b' || i, 'title ' || i, 'shared cancer words and number ' || i, '\\x00' "
+            "FROM generate_series(1, 2500) i"
+        )
+        conn.commit()
+        sizes = [
+            r[0]
+            for r in conn.execute(
+                "SELECT count(*) FROM medpg.lexical_documents GROUP BY block_id ORDER BY 1 DESC"
+            ).fetchall()
+        ]
+        assert sizes == [1000, 1000, 500]
+        # a lexeme every document has: one row per block, arrays in document order
+        rows = conn.execute(
+            "SELECT document_ids FROM medpg.lexical_blocks WHERE lexeme = 'cancer' ORDER BY block_id"
+        ).fetchall()
+        assert sorted(len(r[0]) for r in rows) == [500, 1000, 1000]
+        assert all(r[0] == sorted(r[0]) for r in rows)
+        assert_current(conn)
+
+
+def test_concurrent_updates_within_one_block_lose_nothing(db: Database) -> None:
+    """Writers rewriting the same block rows queue on their row locks instead of overwriting arrays."""
+    truncate(db)
+    with db.connect() as conn:
+        conn.execute(
+            "INSERT INTO medpg.documents (source, external_id, title, body, content_hash) "
+            "SELECT 'blk', 'u' || i, 'note', 'common cancer therapy words ' || i, '\\x00' "
+            "FROM generate_series(1, 40) i"
+        )
+        conn.commit()
+        assert conn.execute("SELECT count(DISTINCT block_id) FROM medpg.lexical_documents").fetchone() == (1,)
+
+    def update(parity: int) -> None:
+        with db.connect() as conn:
+            for rnd in range(8):
+                for i in range(1 + parity, 41, 2):
+                    conn.execute(
+                        "UPDATE medpg.documents SET body = %s WHERE source = 'blk' AND external_id = %s",
+                        (f"common cancer therapy round{rnd} writer{parity} doc{i}", f"u{i}"),
+                    )
+                    conn.commit()
+
+    run_concurrently(update, [0, 1])
+    with db.connect() as conn:
+        freq = dict(conn.execute("SELECT * FROM medpg.lexical_document_frequencies").fetchall())
+        assert freq["cancer"] == 40 and freq["round7"] == 40
+        assert "round0" not in freq
         assert_current(conn)

@@ -125,3 +125,35 @@ def test_server_without_pgvector_is_refused(make_settings: Callable[..., Setting
     with pytest.raises(DatabaseError, match="pgvector extension is not installed"):
         migrate.upgrade(db)
     db.dispose()
+
+
+def test_lexical_blocks_migrate_with_data_both_ways(
+    create_database: Callable[[str], str], make_settings: Callable[..., Settings]
+) -> None:
+    """0006 turns existing postings into blocks and its downgrade turns them back, same rows both ways."""
+    db = Database(make_settings(database_url=create_database("blocks_migration")))
+    migrate.upgrade(db, "0005")
+    postings = (
+        "SELECT lexeme, document_id, tf, dl, tf_title, dl_title FROM medpg.lexical_postings ORDER BY 1, 2"
+    )
+    with db.connect() as conn:
+        conn.execute(
+            "INSERT INTO medpg.documents (source, external_id, title, body, content_hash) "
+            "SELECT 's', 'd' || i, 'Title ' || i, 'statin therapy and cancer risk, case ' || i, '\\x00' "
+            "FROM generate_series(1, 1500) i"
+        )
+        conn.commit()
+        before = conn.execute(postings).fetchall()
+        assert conn.execute("SELECT to_regclass('medpg.lexical_blocks')").fetchone() == (None,)
+    migrate.upgrade(db)
+    with db.connect() as conn:
+        assert conn.execute(postings).fetchall() == before
+        assert conn.execute("SELECT count(DISTINCT block_id) FROM medpg.lexical_documents").fetchone() == (2,)
+    migrate.downgrade(db, "0005")
+    with db.connect() as conn:
+        assert conn.execute(postings).fetchall() == before
+        kind = conn.execute(
+            "SELECT relkind::text FROM pg_class WHERE oid = 'medpg.lexical_postings'::regclass"
+        )
+        assert kind.fetchone() == ("r",)
+    db.dispose()

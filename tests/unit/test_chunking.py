@@ -28,6 +28,11 @@ def _reference_count(text: str) -> int:
         "\u4e2d\u6587 characters are split one by one",
         "zero\u200bwidth and vertical\x0btab and nbsp\u00a0here",  # deleted / separator characters
         "soft\u00adhy\u00adphen\x00nul \ufffd replacement",
+        # characters Python splits on that the normaliser deletes, so the words around them join
+        "to\x85day",
+        "to\x1cday",
+        "private\U000f0000use and unassigned\U000e0fffplane",
+        "only an nbsp\u00a0and \u00e9 accents",
         "",
     ],
 )
