@@ -35,6 +35,14 @@ def _default_datasets_dir() -> Path:
     return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
+# Where a model profile needs other defaults than the global ones (MedCPT's). all-MiniLM-L6-v2 reads
+# at most 256 tokens, so 384-token chunks would lose their ends; 128-token chunks overlapping by 32
+# were its best on NFCorpus dev (README, "Evaluation"). A value set explicitly always wins.
+PROFILE_DEFAULTS: dict[str, dict[str, int]] = {
+    "minilm": {"article_max_tokens": 256, "chunk_tokens": 128, "chunk_overlap": 32},
+}
+
+
 class Settings(BaseSettings):
     """All medpg configuration. Field ``foo`` is read from ``MEDPG_FOO``."""
 
@@ -151,9 +159,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        for name, value in PROFILE_DEFAULTS.get(self.model_profile, {}).items():
+            if name not in self.model_fields_set:
+                self.__dict__[name] = value
         if self.chunk_overlap >= self.chunk_tokens:
+            implied = (
+                "" if "chunk_overlap" in self.model_fields_set else f", the {self.model_profile} default"
+            )
             raise ValueError(
-                f"MEDPG_CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than "
+                f"MEDPG_CHUNK_OVERLAP ({self.chunk_overlap}{implied}) must be smaller than "
                 f"MEDPG_CHUNK_TOKENS ({self.chunk_tokens})"
             )
         return self

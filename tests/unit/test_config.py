@@ -41,3 +41,19 @@ def test_overlap_must_be_smaller_than_window(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("MEDPG_CHUNK_OVERLAP", "64")
     with pytest.raises(ConfigError, match="MEDPG_CHUNK_OVERLAP"):
         load_settings(_env_file=None)
+
+
+def test_minilm_profile_fits_its_256_token_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDPG_MODEL_PROFILE", "minilm")
+    settings = load_settings(_env_file=None)
+    assert (settings.article_max_tokens, settings.chunk_tokens, settings.chunk_overlap) == (256, 128, 32)
+    monkeypatch.setenv("MEDPG_CHUNK_TOKENS", "200")  # an explicit value wins over the profile's
+    settings = load_settings(_env_file=None)
+    assert (settings.article_max_tokens, settings.chunk_tokens, settings.chunk_overlap) == (256, 200, 32)
+    monkeypatch.setenv("MEDPG_CHUNK_TOKENS", "24")
+    with pytest.raises(ConfigError, match=r"MEDPG_CHUNK_OVERLAP \(32, the minilm default\)"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("MEDPG_MODEL_PROFILE", "medcpt")
+    monkeypatch.delenv("MEDPG_CHUNK_TOKENS")
+    settings = load_settings(_env_file=None)
+    assert (settings.article_max_tokens, settings.chunk_tokens, settings.chunk_overlap) == (512, 384, 64)
