@@ -19,8 +19,9 @@ term frequencies and their lengths. A 1,000-document batch writes ~13k rows inst
   reading postings by lexeme run unchanged.
 - ``medpg.hybrid_search`` finds a result's matched lexemes through its block (redefined here).
 
-Statistics (``medpg.lexical_stats``), the exact counts for saturated tsvectors, the TRUNCATE
-handling, ``medpg.rebuild_lexical_index()`` and the inspection views keep their 0004 meaning.
+Statistics (``medpg.lexical_stats`` and its view ``medpg.lexical_corpus``, both kept as they are),
+the exact counts for saturated tsvectors, the TRUNCATE handling, ``medpg.rebuild_lexical_index()``
+and ``medpg.lexical_document_frequencies`` keep their 0004 meaning.
 
 Revision ID: 0006
 """
@@ -203,7 +204,6 @@ _TRIGGERS = {
 
 def _drop_triggers_functions_and_views() -> None:
     """What 0004 and this revision both define on top of their postings tables."""
-    op.execute("DROP VIEW medpg.lexical_corpus")
     op.execute("DROP VIEW medpg.lexical_document_frequencies")
     for name in _TRIGGERS:
         op.execute(f"DROP TRIGGER {name} ON medpg.documents")
@@ -212,8 +212,8 @@ def _drop_triggers_functions_and_views() -> None:
 
 
 def upgrade() -> None:
-    # The per-posting table, its triggers, functions and views go; the stats table and
-    # lexical_exact_terms stay (0004's downgrade would drop them too).
+    # The per-posting table, its triggers, functions and views go; the stats table, its view
+    # lexical_corpus and lexical_exact_terms stay (0004's downgrade would drop them too).
     _drop_triggers_functions_and_views()
     op.execute("DROP TABLE medpg.lexical_postings")
     op.execute("DELETE FROM medpg.lexical_stats")
@@ -336,16 +336,6 @@ def upgrade() -> None:
         FROM medpg.lexical_blocks GROUP BY lexeme
         """
     )
-    op.execute(
-        """
-        CREATE VIEW medpg.lexical_corpus AS
-        SELECT coalesce(sum(documents), 0) AS documents,
-               coalesce(sum(length), 0) AS total_length,
-               coalesce(sum(title_length), 0) AS total_title_length,
-               coalesce(sum(length), 0)::float8 / greatest(coalesce(sum(documents), 0), 1) AS average_length
-        FROM medpg.lexical_stats
-        """
-    )
     op.execute(_sibling("0005").hybrid_search_sql(MATCHED_LEXEMES, create="CREATE OR REPLACE"))
     op.execute("SELECT medpg.rebuild_lexical_index()")
 
@@ -358,8 +348,10 @@ def downgrade() -> None:
     op.execute("DROP TABLE medpg.lexical_documents")
     op.execute("DROP TABLE medpg.lexical_blocks")
     op.execute("DROP SEQUENCE medpg.lexical_block_seq")
-    # 0004's objects again, postings recomputed from the documents; its stats and exact-terms
-    # function were kept, so they are dropped first and made anew with the rest.
+    # 0004's objects again, postings recomputed from the documents; its stats table (with the
+    # lexical_corpus view) and exact-terms function were kept, so they are dropped first and made
+    # anew with the rest.
+    op.execute("DROP VIEW medpg.lexical_corpus")
     op.execute("DROP TABLE medpg.lexical_stats")
     op.execute("DROP FUNCTION medpg.lexical_exact_terms(text, text)")
     _REV4.upgrade()
