@@ -3,27 +3,32 @@
 Every knob is an environment variable with the ``MEDPG_`` prefix (or a line in ``.env``).
 This is the only module that reads the environment. ``get_settings()`` builds the object
 lazily so tests and tools can make their own with ``Settings(...)``.
+
+A Settings object cannot hold values that validation would refuse: it is frozen, a model profile's
+defaults are filled in during validation, and copies are made with ``with_changes`` (also what
+``model_copy(update=...)`` does here), which validates again.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ModelWrapValidatorHandler, PrivateAttr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from medpg.errors import ConfigError
+from medpg.vocabulary import FusionMethod, LexicalScorer, ModelProfile, SearchMode, Similarity
 
 ENV_PREFIX = "MEDPG_"
 
-ModelProfile = Literal["medcpt", "minilm", "sentence-transformers"]
-Similarity = Literal["ip", "cosine"]
-FusionMethod = Literal["rrf", "weighted"]
-LexicalScorer = Literal["bm25", "ts_rank"]
-SearchMode = Literal["hybrid", "dense", "lexical"]
+# Set while a copy is validated: its values come from the original, never from the environment.
+_COPYING: ContextVar[bool] = ContextVar("medpg_settings_copying", default=False)
 
 
 def _default_data_dir() -> Path:
@@ -52,6 +57,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="forbid",
         validate_default=True,
+        frozen=True,
     )
 
     # --- database -------------------------------------------------------------------------
@@ -118,11 +124,6 @@ class Settings(BaseSettings):
     embed_retry_backoff_seconds: float = Field(
         default=10.0, ge=0, description="A chunk the encoder failed on is retried after this, doubling."
     )
-    embed_fault_marker: str | None = Field(
-        default=None,
-        description="TEST ONLY fault injection: encoding fails for any chunk whose text contains this "
-        "string, exactly as if the encoder raised on it. Never set it in production.",
-    )
 
     # --- search ---------------------------------------------------------------------------
     search_mode: SearchMode = "hybrid"
@@ -157,20 +158,81 @@ class Settings(BaseSettings):
     # --- privacy --------------------------------------------------------------------------
     log_text: bool = Field(default=False, description="Allow document and query text in logs.")
 
-    @model_validator(mode="after")
-    def _check(self) -> Settings:
-        for name, value in PROFILE_DEFAULTS.get(self.model_profile, {}).items():
-            if name not in self.model_fields_set:
-                self.__dict__[name] = value
+    # Names whose value came from PROFILE_DEFAULTS, not from the caller or the environment.
+    _profile_filled: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _apply_profile_defaults(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
+        """Fill in the profile's defaults for fields not set explicitly, then validate everything.
+
+        The defaults go in before field validation, so they are checked like any other value and
+        never written into a built object.
+        """
+        filled = _profile_defaults_for(data) if isinstance(data, Mapping) else {}
+        settings = handler({**data, **filled} if filled else data)
+        settings._profile_filled = frozenset(filled)
+        settings._check_overlap()
+        return settings
+
+    def _check_overlap(self) -> None:
         if self.chunk_overlap >= self.chunk_tokens:
-            implied = (
-                "" if "chunk_overlap" in self.model_fields_set else f", the {self.model_profile} default"
-            )
+            implied = f", the {self.model_profile} default" if "chunk_overlap" in self._profile_filled else ""
             raise ValueError(
                 f"MEDPG_CHUNK_OVERLAP ({self.chunk_overlap}{implied}) must be smaller than "
                 f"MEDPG_CHUNK_TOKENS ({self.chunk_tokens})"
             )
-        return self
+
+    def with_changes(self, **changes: Any) -> Settings:
+        """A validated copy with ``changes``; a value validation refuses raises ConfigError.
+
+        Fields set explicitly here keep their values; those a model profile filled in are filled
+        in again for the copy's profile, so changing ``model_profile`` brings its own defaults.
+        """
+        explicit = self.model_fields_set - self._profile_filled
+        data = {name: getattr(self, name) for name in explicit}
+        data.update(changes)
+        try:
+            with _from_arguments_only():
+                return type(self)(**data)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then MEDPG_ variables, then ``.env``; a copy reads its arguments only."""
+        if _COPYING.get():
+            return (init_settings,)
+        return (init_settings, env_settings, dotenv_settings, file_secret_settings)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
+        """A copy; with ``update`` it is ``with_changes(**update)``, validated like any Settings."""
+        if update:
+            return self.with_changes(**update)
+        return super().model_copy(deep=deep)
+
+
+@contextmanager
+def _from_arguments_only() -> Iterator[None]:
+    token = _COPYING.set(True)
+    try:
+        yield
+    finally:
+        _COPYING.reset(token)
+
+
+def _profile_defaults_for(data: Mapping[str, Any]) -> dict[str, int]:
+    """The defaults of the profile named in ``data`` (or the default profile) that ``data`` lacks."""
+    profile = data.get("model_profile", Settings.model_fields["model_profile"].default)
+    defaults = PROFILE_DEFAULTS.get(str(profile), {})
+    return {name: value for name, value in defaults.items() if name not in data}
 
 
 def _unknown_env_vars(environ: dict[str, str]) -> list[str]:
@@ -189,18 +251,41 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "settings"
-            name = ENV_PREFIX + field.upper() if field in Settings.model_fields else field
-            problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError("invalid setting: " + "; ".join(problems)) from None
+        raise _config_error(exc) from None
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    """One ConfigError naming every refused value by its MEDPG_ variable."""
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        if not field:  # a rule across fields: its message names them (the input holds every value)
+            problems.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
+        name = ENV_PREFIX + field.upper() if field in Settings.model_fields else field
+        problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+    return ConfigError("invalid setting: " + "; ".join(problems))
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, built on first use (never at import)."""
     return load_settings()
+
+
+__all__ = [
+    "ENV_PREFIX",
+    "PROFILE_DEFAULTS",
+    "FusionMethod",
+    "LexicalScorer",
+    "ModelProfile",
+    "SearchMode",
+    "Settings",
+    "Similarity",
+    "get_settings",
+    "hf_environment",
+    "load_settings",
+]
 
 
 def hf_environment(settings: Settings) -> dict[str, str]:

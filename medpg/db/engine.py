@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import OperationalError as SAOperationalError
 
 from medpg.config import Settings
-from medpg.errors import DatabaseError
+from medpg.errors import ConfigError, DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,9 @@ def _normalise_url(raw: str) -> URL:
     try:
         url = make_url(raw)
     except Exception as exc:  # noqa: BLE001 - sqlalchemy raises ArgumentError/ValueError
-        raise DatabaseError(f"MEDPG_DATABASE_URL is not a valid database URL: {exc}") from None
+        raise ConfigError(f"MEDPG_DATABASE_URL is not a valid database URL: {exc}") from None
     if url.get_backend_name() != "postgresql":
-        raise DatabaseError(
+        raise ConfigError(
             f"MEDPG_DATABASE_URL must point to PostgreSQL (postgresql://...), got {url.get_backend_name()!r}"
         )
     return url.set(drivername="postgresql+psycopg")
@@ -75,8 +75,8 @@ class Database:
         kind = "embedded" if self.embedded else "external"
         return f"{describe(self.url)} ({kind})"
 
-    def _unreachable(self, exc: SAOperationalError) -> DatabaseError:
-        return DatabaseError(
+    def _unreachable(self, exc: SAOperationalError) -> DatabaseUnavailableError:
+        return DatabaseUnavailableError(
             f"cannot reach PostgreSQL at {describe(self.url)}: {_first_line(exc.orig)}. "
             "Check MEDPG_DATABASE_URL and that the server is running."
         )
