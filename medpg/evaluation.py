@@ -29,9 +29,9 @@ import orjson
 from medpg.config import Settings
 from medpg.db.engine import Database
 from medpg.errors import InputError
-from medpg.search import sql
-from medpg.search.pipeline import search, search_params
-from medpg.search.types import Filters
+from medpg.retrieval import sql
+from medpg.retrieval.pipeline import search, search_params
+from medpg.retrieval.types import Filters
 
 K_FETCH = 100  # results scored per query (Recall@100)
 K_TIMED = 10  # results in the timed call

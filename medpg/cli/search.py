@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from medpg.cli.common import console, database, err_console, handle_errors, settings
+from medpg.vocabulary import FUSION_METHODS, LEXICAL_SCORERS, SEARCH_MODES
+
+if TYPE_CHECKING:
+    from medpg.evaluation import EvalReport
+    from medpg.retrieval import SearchResponse
+
+
+def _one_of(names: Sequence[str]) -> str:
+    """``a, b or c`` for option help: the names come from medpg.vocabulary, checked by the core."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -24,121 +36,132 @@ def _snippet(text: str, width: int = 160) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+@handle_errors
+def search_command(
+    query: str = typer.Argument(..., help="What to look for (any text; it is never parsed as syntax)."),
+    k: int = typer.Option(10, "-k", "--k", help="How many documents to return."),
+    # plain strings, not click choices: the core checks them, so a bad name is the same
+    # InputError (message and exit code) from the CLI as from Python
+    mode: str | None = typer.Option(None, help=f"{_one_of(SEARCH_MODES)} (default: MEDPG_SEARCH_MODE)."),
+    lexical: str | None = typer.Option(
+        None, help=f"{_one_of(LEXICAL_SCORERS)} (default: MEDPG_LEXICAL_SCORER)."
+    ),
+    fusion: str | None = typer.Option(None, help=f"{_one_of(FUSION_METHODS)} (default: MEDPG_FUSION)."),
+    rerank: bool | None = typer.Option(
+        None, "--rerank/--no-rerank", help="Cross-encoder rerank (default: on when one is configured)."
+    ),
+    source: list[str] | None = typer.Option(None, "--source", help="Only these sources (repeatable)."),
+    metadata: str | None = typer.Option(
+        None, help='Metadata containment as JSON, e.g. \'{"specialty": "Cardiology"}\'.'
+    ),
+    date_from: str | None = typer.Option(None, help="Documents dated on or after (ISO 8601)."),
+    date_to: str | None = typer.Option(None, help="Documents dated before (ISO 8601)."),
+    patient: list[str] | None = typer.Option(None, "--patient", help="Only these patient ids (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the response as JSON."),
+) -> None:
+    """Hybrid search: dense + BM25 fused in PostgreSQL, reranked, each result explained."""
+    import orjson
+
+    from medpg.retrieval import search as run_search
+
+    response = run_search(
+        query,
+        k=k,
+        mode=mode,
+        lexical=lexical,
+        fusion=fusion,
+        rerank=rerank,
+        filters=_filters(source, metadata, date_from, date_to, patient),
+        settings=settings(),
+        db=database(),
+    )
+    if as_json:
+        typer.echo(orjson.dumps(response.to_dict(), option=orjson.OPT_INDENT_2, default=str).decode())
+        return
+    for warning in response.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    _print_table(response)
+
+
+@handle_errors
+def eval_command(
+    dataset_dir: Path = typer.Argument(
+        ..., help="BEIR data set: corpus.jsonl, queries.jsonl, qrels/<split>.tsv."
+    ),
+    split: str = typer.Option("test", help="Qrels split to evaluate (tune on dev/train, report test)."),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Markdown table to write (default: ./<dataset>_<split>_eval.md); "
+        "a .json with the same name is written beside it.",
+    ),
+    systems: str | None = typer.Option(
+        None, help="Comma-separated subset of systems to run (default: all configured)."
+    ),
+    max_queries: int | None = typer.Option(None, help="Evaluate only the first N queries (quick checks)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+) -> None:
+    """Evaluate every configured system on a BEIR data set: nDCG@10, MRR@10, Recall@100, latency."""
+    from medpg.evaluation import evaluate_dataset, render_markdown
+
+    cfg = settings()
+    name = dataset_dir.resolve().name
+    out = output or Path(f"{name}_{split}_eval.md")
+    report = evaluate_dataset(
+        database(),
+        cfg,
+        dataset_dir,
+        split=split,
+        systems=[s.strip() for s in systems.split(",")] if systems else None,
+        max_queries=max_queries,
+        progress=not no_progress,
+        log=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True),
+    )
+    markdown = render_markdown(report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown, encoding="utf-8")
+    out.with_suffix(".json").write_text(report.to_json(), encoding="utf-8")
+    _print_eval(report)
+    console.print(f"wrote {out} and {out.with_suffix('.json')}", highlight=False)
+
+
+def _filters(
+    sources: list[str] | None,
+    metadata: str | None,
+    date_from: str | None,
+    date_to: str | None,
+    patients: list[str] | None,
+) -> dict[str, Any]:
+    """The options as a filters mapping; ``Filters.coerce`` in the core checks the values."""
+    import orjson
+
+    from medpg.errors import InputError
+
+    meta = None
+    if metadata is not None:
+        try:
+            meta = orjson.loads(metadata)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(f"--metadata is not valid JSON: {exc}") from None
+    return {
+        "sources": sources or None,
+        "metadata": meta,
+        "date_from": date_from,
+        "date_to": date_to,
+        "patient_ids": patients or None,
+    }
+
+
 def register(app: typer.Typer) -> None:
     """Add the search commands to the top-level CLI."""
-
-    @app.command()
-    @handle_errors
-    def search(
-        query: str = typer.Argument(..., help="What to look for (any text; it is never parsed as syntax)."),
-        k: int = typer.Option(10, "-k", "--k", help="How many documents to return."),
-        mode: str | None = typer.Option(None, help="hybrid, dense or lexical (default: MEDPG_SEARCH_MODE)."),
-        lexical: str | None = typer.Option(None, help="bm25 or ts_rank (default: MEDPG_LEXICAL_SCORER)."),
-        fusion: str | None = typer.Option(None, help="weighted or rrf (default: MEDPG_FUSION)."),
-        rerank: bool | None = typer.Option(
-            None, "--rerank/--no-rerank", help="Cross-encoder rerank (default: on when one is configured)."
-        ),
-        source: list[str] | None = typer.Option(None, "--source", help="Only these sources (repeatable)."),
-        metadata: str | None = typer.Option(
-            None, help='Metadata containment as JSON, e.g. \'{"specialty": "Cardiology"}\'.'
-        ),
-        date_from: str | None = typer.Option(None, help="Documents dated on or after (ISO 8601)."),
-        date_to: str | None = typer.Option(None, help="Documents dated before (ISO 8601)."),
-        patient: list[str] | None = typer.Option(
-            None, "--patient", help="Only these patient ids (repeatable)."
-        ),
-        as_json: bool = typer.Option(False, "--json", help="Print the response as JSON."),
-    ) -> None:
-        """Hybrid search: dense + BM25 fused in PostgreSQL, reranked, each result explained."""
-        import orjson
-
-        from medpg.errors import InputError
-        from medpg.search import search as run_search
-
-        meta = None
-        if metadata is not None:
-            try:
-                meta = orjson.loads(metadata)
-            except orjson.JSONDecodeError as exc:
-                raise InputError(f"--metadata is not valid JSON: {exc}") from None
-        filters = {
-            "sources": source or None,
-            "metadata": meta,
-            "date_from": date_from,
-            "date_to": date_to,
-            "patient_ids": patient or None,
-        }
-        cfg = settings()
-        response = run_search(
-            query,
-            k=k,
-            mode=mode,
-            lexical=lexical,
-            fusion=fusion,
-            rerank=rerank,
-            filters=filters,
-            settings=cfg,
-            db=database(),
-        )
-        if as_json:
-            typer.echo(orjson.dumps(response.to_dict(), option=orjson.OPT_INDENT_2, default=str).decode())
-            return
-        for warning in response.warnings:
-            err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-        _print_table(response)
-
-    @app.command("eval")
-    @handle_errors
-    def evaluate(
-        dataset_dir: Path = typer.Argument(
-            ..., help="BEIR data set: corpus.jsonl, queries.jsonl, qrels/<split>.tsv."
-        ),
-        split: str = typer.Option("test", help="Qrels split to evaluate (tune on dev/train, report test)."),
-        output: Path | None = typer.Option(
-            None,
-            "--output",
-            "-o",
-            help="Markdown table to write (default: ./<dataset>_<split>_eval.md); "
-            "a .json with the same name is written beside it.",
-        ),
-        systems: str | None = typer.Option(
-            None, help="Comma-separated subset of systems to run (default: all configured)."
-        ),
-        max_queries: int | None = typer.Option(
-            None, help="Evaluate only the first N queries (quick checks)."
-        ),
-        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
-    ) -> None:
-        """Evaluate every configured system on a BEIR data set: nDCG@10, MRR@10, Recall@100, latency."""
-        from medpg.evaluation import evaluate_dataset, render_markdown
-
-        cfg = settings()
-        name = dataset_dir.resolve().name
-        out = output or Path(f"{name}_{split}_eval.md")
-        report = evaluate_dataset(
-            database(),
-            cfg,
-            dataset_dir,
-            split=split,
-            systems=[s.strip() for s in systems.split(",")] if systems else None,
-            max_queries=max_queries,
-            progress=not no_progress,
-            log=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True),
-        )
-        markdown = render_markdown(report)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(markdown, encoding="utf-8")
-        out.with_suffix(".json").write_text(report.to_json(), encoding="utf-8")
-        _print_eval(report)
-        console.print(f"wrote {out} and {out.with_suffix('.json')}", highlight=False)
+    app.command("search")(search_command)
+    app.command("eval")(eval_command)
 
 
-def _print_table(response: object) -> None:
+def _print_table(response: SearchResponse) -> None:
     from rich.table import Table
 
-    from medpg.search.types import SearchResponse
-
-    assert isinstance(response, SearchResponse)
     terms = ", ".join(response.query_terms) or "(none)"
     console.print(
         f"[bold]{len(response.results)} results[/] — mode {response.mode}, lexical {response.lexical}, "
@@ -175,12 +198,9 @@ def _print_table(response: object) -> None:
     console.print(table)
 
 
-def _print_eval(report: object) -> None:
+def _print_eval(report: EvalReport) -> None:
     from rich.table import Table
 
-    from medpg.evaluation import EvalReport
-
-    assert isinstance(report, EvalReport)
     table = Table(title=f"{report.dataset} ({report.split}, {report.queries} queries)")
     for col in ("system", "nDCG@10", "MRR@10", "Recall@100", "p50 ms", "p95 ms"):
         table.add_column(col, justify="left" if col == "system" else "right")

@@ -18,9 +18,10 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-FusionMethod = Literal["rrf", "weighted"]
+from medpg.vocabulary import FUSION_METHODS, FusionMethod
+
 K = TypeVar("K", bound=Hashable)
 
 
@@ -77,13 +78,13 @@ def fuse(
     lexical_weight: float = 0.5,
 ) -> dict[Hashable, float]:
     """Fused score per document, exactly as ``medpg.fuse`` computes it in SQL."""
+    if method not in FUSION_METHODS:
+        raise ValueError(f"unknown fusion method {method!r}: use one of {', '.join(FUSION_METHODS)}")
     if method == "rrf":
         return {
             c.document_id: rrf_score([c.dense_rank, c.lexical_rank], [dense_weight, lexical_weight], rrf_k)
             for c in candidates
         }
-    if method != "weighted":
-        raise ValueError(f"unknown fusion method {method!r}: use 'rrf' or 'weighted'")
     dlo, dhi = _range(c.dense_score for c in candidates if c.dense_rank is not None)
     llo, lhi = _range(c.lexical_score for c in candidates if c.lexical_rank is not None)
     out: dict[Hashable, float] = {}

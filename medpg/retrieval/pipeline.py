@@ -1,7 +1,8 @@
 """``search()``: encode the query, rank in PostgreSQL, rerank the top K, explain every result.
 
-Retrieval and fusion run in one call of ``medpg.hybrid_search`` (migration 0005); Python adds
-what SQL cannot do: the query embedding and the cross-encoder.
+Retrieval and fusion run in one call of ``medpg.hybrid_search``; Python adds what SQL cannot do:
+the query embedding and the cross-encoder. ``search()`` reads as its steps: check the call, decide
+whether dense retrieval can run, load the reranker, encode, call SQL, rerank, build the response.
 """
 
 from __future__ import annotations
@@ -11,27 +12,30 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from medpg.config import Settings, get_settings
 from medpg.db.engine import Database
 from medpg.errors import ConfigError, InputError
-from medpg.search import sql
-from medpg.search.query import prepare_query
-from medpg.search.rerank import RerankItem
-from medpg.search.rerank import rerank as rerank_items
-from medpg.search.types import (
-    Evidence,
-    Explanation,
-    Filters,
-    Fusion,
-    Lexical,
-    Mode,
-    SearchResponse,
-    SearchResult,
+from medpg.retrieval import sql
+from medpg.retrieval.query import prepare_query
+from medpg.retrieval.rerank import RerankItem
+from medpg.retrieval.rerank import rerank as rerank_items
+from medpg.retrieval.types import Evidence, Explanation, Filters, SearchResponse, SearchResult
+from medpg.vocabulary import (
+    FUSION_METHODS,
+    LEXICAL_SCORERS,
+    SEARCH_MODES,
+    FusionMethod,
+    LexicalScorer,
+    SearchMode,
 )
+
+if TYPE_CHECKING:
+    from medpg.encoders.base import CrossEncoder
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,49 @@ def _check_schema_once(db: Database) -> None:
 
     check_schema(db)
     _checked.add(db)
+
+
+# --------------------------------------------------------------------------------------------------
+# step 1: the call, checked and completed from settings
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One search call after validation: every choice made, the query text safe for PostgreSQL."""
+
+    text: str
+    k: int
+    mode: SearchMode
+    lexical: LexicalScorer
+    fusion: FusionMethod
+    filters: Filters
+
+
+def _choice(value: str | None, default: str, allowed: tuple[str, ...], name: str) -> str:
+    chosen = default if value is None else value
+    if chosen not in allowed:
+        raise InputError(f"{name} must be one of {', '.join(allowed)}, got {chosen!r}")
+    return chosen
+
+
+def _request(
+    settings: Settings,
+    query: object,
+    k: object,
+    mode: str | None,
+    lexical: str | None,
+    fusion: str | None,
+    filters: Filters | Mapping[str, Any] | None,
+) -> _Request:
+    """Validate the arguments (InputError names the bad one) and fill the defaults from settings."""
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        raise InputError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+    mode_ = cast(SearchMode, _choice(mode, settings.search_mode, SEARCH_MODES, "mode"))
+    lexical_ = cast(LexicalScorer, _choice(lexical, settings.lexical_scorer, LEXICAL_SCORERS, "lexical"))
+    fusion_ = cast(FusionMethod, _choice(fusion, settings.fusion, FUSION_METHODS, "fusion"))
+    filt = Filters.coerce(filters)
+    text = prepare_query(query, settings.max_query_chars)
+    return _Request(text, k, mode_, lexical_, fusion_, filt)
 
 
 def search_params(
@@ -88,11 +135,8 @@ def search_params(
     )
 
 
-def _choice(value: str | None, default: str, allowed: tuple[str, ...], name: str) -> str:
-    chosen = default if value is None else value
-    if chosen not in allowed:
-        raise InputError(f"{name} must be one of {', '.join(allowed)}, got {chosen!r}")
-    return chosen
+# --------------------------------------------------------------------------------------------------
+# step 2: can dense retrieval run? (the stored vectors must come from the configured model)
 
 
 def dense_status(db: Database, settings: Settings) -> str | None:
@@ -116,12 +160,193 @@ def dense_status(db: Database, settings: Settings) -> str | None:
     return None
 
 
+def _runnable_mode(
+    db: Database, settings: Settings, mode: SearchMode, query_embedding: np.ndarray | None
+) -> tuple[SearchMode | None, str | None]:
+    """The mode that can run, and a warning when it is not the one asked for.
+
+    When the stored vectors are not comparable with the query encoder, hybrid falls back to
+    lexical and dense to nothing (None). A caller's own query embedding is trusted as it is
+    (benchmarks, evaluation).
+    """
+    if mode == "lexical" or query_embedding is not None:
+        return mode, None
+    problem = dense_status(db, settings)
+    if problem is None:
+        return mode, None
+    return ("lexical" if mode == "hybrid" else None), problem
+
+
+# --------------------------------------------------------------------------------------------------
+# step 3: models (loaded lazily: a lexical search without a reranker never imports torch)
+
+
+def _cross_encoder(settings: Settings, rerank: bool | None) -> CrossEncoder | None:
+    """The cross-encoder to rerank with, or None; ``rerank=True`` without one is a ConfigError."""
+    cross = None
+    if rerank is not False and settings.rerank_top_k > 0:
+        from medpg.encoders import load_cross_encoder
+
+        cross = load_cross_encoder(settings)
+    if rerank is True and cross is None:
+        raise ConfigError(
+            "reranking was requested but no cross-encoder is configured (MEDPG_CROSS_ENCODER_MODEL, "
+            "MEDPG_RERANK_TOP_K)"
+        )
+    return cross
+
+
+def _encode_query(
+    settings: Settings, text: str, run_mode: SearchMode | None, timings: dict[str, float]
+) -> np.ndarray | None:
+    """The query embedding when the mode that runs needs one."""
+    if run_mode not in ("hybrid", "dense"):
+        return None
+    from medpg.encoders import load_query_encoder
+
+    t0 = time.perf_counter()
+    embedding: np.ndarray = load_query_encoder(settings).encode_queries([text])[0]
+    timings["encode"] = (time.perf_counter() - t0) * 1000
+    return embedding
+
+
+# --------------------------------------------------------------------------------------------------
+# step 4: PostgreSQL
+
+
+@dataclass(frozen=True)
+class _Retrieved:
+    """What one connection brought back: the query's lexemes, the ranked rows, what they display."""
+
+    terms: tuple[str, ...]
+    rows: list[sql.Row]
+    docs: dict[int, sql.DocumentInfo]
+    chunks: dict[int, str]
+
+
+def _retrieve(
+    db: Database,
+    request: _Request,
+    run_mode: SearchMode | None,
+    embedding: np.ndarray | None,
+    params: sql.SearchParams,
+    timings: dict[str, float],
+) -> _Retrieved:
+    """Rank in ``medpg.hybrid_search`` and fetch titles and evidence passages, read-only."""
+    with db.connect() as conn:
+        terms = sql.query_lexemes(conn, request.text)
+        rows: list[sql.Row] = []
+        if run_mode is not None:
+            t0 = time.perf_counter()
+            vector = embedding if run_mode != "lexical" else None
+            rows = sql.hybrid_search(conn, request.text, vector, params, request.filters)
+            timings["sql"] = (time.perf_counter() - t0) * 1000
+        docs = sql.documents(conn, [r.document_id for r in rows])
+        chunks = sql.chunk_texts(conn, [r.chunk_id for r in rows if r.chunk_id is not None])
+        conn.rollback()
+    return _Retrieved(terms, rows, docs, chunks)
+
+
+def _evidence_text(found: _Retrieved, row: sql.Row) -> str:
+    return found.chunks.get(row.chunk_id, "") if row.chunk_id is not None else ""
+
+
+# --------------------------------------------------------------------------------------------------
+# step 5: rerank the top K
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    """Final order of document ids; cross-encoder and blended scores of the reranked ones."""
+
+    order: list[int]
+    rerank_scores: dict[int, float]
+    final_scores: dict[int, float]
+
+
+def _rerank(
+    cross: CrossEncoder | None, text: str, found: _Retrieved, settings: Settings, timings: dict[str, float]
+) -> _Ranking:
+    """Rerank the first MEDPG_RERANK_TOP_K rows; the rest keep their first-stage order after them."""
+    first_stage = [r.document_id for r in found.rows]
+    if cross is None or not found.rows:
+        return _Ranking(first_stage, {}, {})
+    top_k = settings.rerank_top_k
+    items = [
+        RerankItem(
+            r.document_id,
+            found.docs[r.document_id].title if r.document_id in found.docs else "",
+            _evidence_text(found, r),
+            r.dense_score,
+            r.lexical_score,
+        )
+        for r in found.rows[:top_k]
+    ]
+    t0 = time.perf_counter()
+    rerank_scores, final_scores = rerank_items(
+        cross,
+        text,
+        items,
+        rerank_weight=settings.rerank_weight,
+        dense_weight=settings.rerank_dense_weight,
+        lexical_weight=settings.rerank_lexical_weight,
+    )
+    timings["rerank"] = (time.perf_counter() - t0) * 1000
+    reranked = sorted(final_scores, key=lambda d: (-final_scores[d], d))
+    return _Ranking(reranked + first_stage[top_k:], rerank_scores, final_scores)
+
+
+# --------------------------------------------------------------------------------------------------
+# step 6: the response
+
+
+def _results(found: _Retrieved, ranking: _Ranking, k: int) -> list[SearchResult]:
+    """The top ``k`` as SearchResults, each with its evidence passage and explanation."""
+    by_id = {r.document_id: r for r in found.rows}
+    results: list[SearchResult] = []
+    for position, doc_id in enumerate(ranking.order[:k], start=1):
+        row = by_id[doc_id]
+        info = found.docs.get(doc_id)
+        if info is None:  # deleted between the search and the lookup
+            continue
+        score = ranking.final_scores.get(doc_id, row.fused_score if row.fused_score is not None else 0.0)
+        results.append(
+            SearchResult(
+                rank=position,
+                score=float(score),
+                document_id=doc_id,
+                source=info.source,
+                external_id=info.external_id,
+                title=info.title,
+                evidence=Evidence(row.chunk_id, row.char_start, row.char_end, _evidence_text(found, row)),
+                explanation=Explanation(
+                    dense_rank=row.dense_rank,
+                    dense_score=row.dense_score,
+                    lexical_rank=row.lexical_rank,
+                    lexical_score=row.lexical_score,
+                    matched_terms=row.matched_terms,
+                    fused_score=row.fused_score,
+                    first_stage_rank=row.rank,
+                    rerank_score=ranking.rerank_scores.get(doc_id),
+                ),
+                metadata=info.metadata,
+                patient_id=info.patient_id,
+                document_date=info.document_date,
+            )
+        )
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# the pipeline
+
+
 def search(
     query: str,
     k: int = 10,
-    mode: Mode | str | None = None,
-    lexical: Lexical | str | None = None,
-    fusion: Fusion | str | None = None,
+    mode: SearchMode | str | None = None,
+    lexical: LexicalScorer | str | None = None,
+    fusion: FusionMethod | str | None = None,
     rerank: bool | None = None,
     filters: Filters | Mapping[str, Any] | None = None,
     *,
@@ -141,136 +366,42 @@ def search(
     settings = settings or get_settings()
     db = db or default_database(settings)
     started = time.perf_counter()
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-        raise InputError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-    mode_ = _choice(mode, settings.search_mode, ("hybrid", "dense", "lexical"), "mode")
-    lexical_ = _choice(lexical, settings.lexical_scorer, ("bm25", "ts_rank"), "lexical")
-    fusion_ = _choice(fusion, settings.fusion, ("weighted", "rrf"), "fusion")
-    filt = Filters.coerce(filters)
-    text = prepare_query(query, settings.max_query_chars)
+    request = _request(settings, query, k, mode, lexical, fusion, filters)
     _check_schema_once(db)
-    warnings: list[str] = []
     timings: dict[str, float] = {}
 
-    run_mode = mode_
-    if mode_ != "lexical" and query_embedding is None:
-        problem = dense_status(db, settings)
-        if problem is not None:
-            warnings.append(problem)
-            run_mode = "lexical" if mode_ == "hybrid" else "none"
-
-    cross = None
-    if rerank is not False and settings.rerank_top_k > 0:
-        from medpg.encoders import load_cross_encoder
-
-        cross = load_cross_encoder(settings)
-    if rerank is True and cross is None:
-        raise ConfigError(
-            "reranking was requested but no cross-encoder is configured (MEDPG_CROSS_ENCODER_MODEL, "
-            "MEDPG_RERANK_TOP_K)"
-        )
-
+    run_mode, warning = _runnable_mode(db, settings, request.mode, query_embedding)
+    cross = _cross_encoder(settings, rerank)
     embedding = query_embedding
-    if run_mode in ("hybrid", "dense") and embedding is None:
-        from medpg.encoders import load_query_encoder
-
-        t0 = time.perf_counter()
-        embedding = load_query_encoder(settings).encode_queries([text])[0]
-        timings["encode"] = (time.perf_counter() - t0) * 1000
-
-    fetch_k = max(k, settings.rerank_top_k) if cross is not None else k
+    if embedding is None:
+        embedding = _encode_query(settings, request.text, run_mode, timings)
     params = search_params(
         settings,
-        k=fetch_k,
-        mode=run_mode if run_mode != "none" else "lexical",
-        lexical=lexical_,
-        fusion=fusion_,
+        # the reranker reads the first MEDPG_RERANK_TOP_K rows even when fewer are returned
+        k=max(request.k, settings.rerank_top_k) if cross is not None else request.k,
+        mode=run_mode or "lexical",  # unused when nothing runs; the SQL still wants a valid mode
+        lexical=request.lexical,
+        fusion=request.fusion,
         candidates=candidates,
     )
-    with db.connect() as conn:
-        terms = sql.query_lexemes(conn, text)
-        rows: list[sql.Row] = []
-        if run_mode != "none":
-            t0 = time.perf_counter()
-            rows = sql.hybrid_search(conn, text, embedding if run_mode != "lexical" else None, params, filt)
-            timings["sql"] = (time.perf_counter() - t0) * 1000
-        docs = sql.documents(conn, [r.document_id for r in rows])
-        chunks = sql.chunk_texts(conn, [r.chunk_id for r in rows if r.chunk_id is not None])
-        conn.rollback()
+    found = _retrieve(db, request, run_mode, embedding, params, timings)
+    ranking = _rerank(cross, request.text, found, settings, timings)
+    results = _results(found, ranking, request.k)
 
-    rerank_scores: dict[int, float] = {}
-    final_scores: dict[int, float] = {}
-    order = [r.document_id for r in rows]
-    if cross is not None and rows:
-        top = rows[: settings.rerank_top_k]
-        items = [
-            RerankItem(
-                r.document_id,
-                docs[r.document_id].title if r.document_id in docs else "",
-                chunks.get(r.chunk_id, "") if r.chunk_id is not None else "",
-                r.dense_score,
-                r.lexical_score,
-            )
-            for r in top
-        ]
-        t0 = time.perf_counter()
-        rerank_scores, final_scores = rerank_items(
-            cross,
-            text,
-            items,
-            rerank_weight=settings.rerank_weight,
-            dense_weight=settings.rerank_dense_weight,
-            lexical_weight=settings.rerank_lexical_weight,
-        )
-        timings["rerank"] = (time.perf_counter() - t0) * 1000
-        reranked = sorted(final_scores, key=lambda d: (-final_scores[d], d))
-        order = reranked + [r.document_id for r in rows[settings.rerank_top_k :]]
-
-    by_id = {r.document_id: r for r in rows}
-    results: list[SearchResult] = []
-    for position, doc_id in enumerate(order[:k], start=1):
-        r = by_id[doc_id]
-        info = docs.get(doc_id)
-        if info is None:  # deleted between the search and the lookup
-            continue
-        evidence_text = chunks.get(r.chunk_id, "") if r.chunk_id is not None else ""
-        score = final_scores.get(doc_id, r.fused_score if r.fused_score is not None else 0.0)
-        results.append(
-            SearchResult(
-                rank=position,
-                score=float(score),
-                document_id=doc_id,
-                source=info.source,
-                external_id=info.external_id,
-                title=info.title,
-                evidence=Evidence(r.chunk_id, r.char_start, r.char_end, evidence_text),
-                explanation=Explanation(
-                    dense_rank=r.dense_rank,
-                    dense_score=r.dense_score,
-                    lexical_rank=r.lexical_rank,
-                    lexical_score=r.lexical_score,
-                    matched_terms=r.matched_terms,
-                    fused_score=r.fused_score,
-                    first_stage_rank=r.rank,
-                    rerank_score=rerank_scores.get(doc_id),
-                ),
-                metadata=info.metadata,
-                patient_id=info.patient_id,
-                document_date=info.document_date,
-            )
-        )
     timings["total"] = (time.perf_counter() - started) * 1000
-    log.info("search: mode=%s results=%d sql=%.1fms", run_mode, len(results), timings.get("sql", 0.0))
+    log.info(
+        "search: mode=%s results=%d sql=%.1fms", run_mode or "none", len(results), timings.get("sql", 0.0)
+    )
     return SearchResponse(
         results=results,
-        mode=mode_,  # type: ignore[arg-type]
-        lexical=lexical_,  # type: ignore[arg-type]
-        fusion=fusion_,  # type: ignore[arg-type]
-        reranked=bool(rerank_scores),
-        query_terms=terms,
-        warnings=tuple(warnings),
+        mode=request.mode,
+        lexical=request.lexical,
+        fusion=request.fusion,
+        reranked=bool(ranking.rerank_scores),
+        query_terms=found.terms,
+        warnings=(warning,) if warning is not None else (),
         timings_ms=timings,
     )
 
 
-__all__ = ["default_database", "dense_status", "search", "search_params"]
+__all__ = ["MAX_K", "default_database", "dense_status", "search", "search_params"]

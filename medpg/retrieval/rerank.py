@@ -3,19 +3,25 @@
 The cross-encoder reads (query, "title. passage") pairs. The passage is the document's evidence
 chunk (the one that matched best), so a long document is judged on its relevant part and fits
 the encoder's window. Scores are calibrated logits (logit / MEDPG_CROSS_ENCODER_TEMPERATURE);
-``medpg.search.fusion.blend_rerank`` turns them into the final score.
+``medpg.retrieval.fusion.blend_rerank`` turns them into the final score.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from medpg.search.fusion import blend_rerank
+from medpg.retrieval.fusion import blend_rerank
+
+if TYPE_CHECKING:
+    from medpg.encoders.base import CrossEncoder
 
 
 @dataclass(frozen=True)
 class RerankItem:
+    """One first-stage result offered to the cross-encoder, with the scores a blend may mix in."""
+
     document_id: int
     title: str
     text: str
@@ -24,7 +30,7 @@ class RerankItem:
 
 
 def rerank(
-    cross_encoder: object,
+    cross_encoder: CrossEncoder,
     query: str,
     items: Sequence[RerankItem],
     *,
@@ -37,7 +43,7 @@ def rerank(
 
     if not items:
         return {}, {}
-    ranked = cross_encoder.rerank(  # type: ignore[attr-defined]
+    ranked = cross_encoder.rerank(
         query, [RerankCandidate(id=i.document_id, title=i.title, text=i.text) for i in items]
     )
     ce = {int(doc_id): float(score) for doc_id, score in ranked}

@@ -1,13 +1,15 @@
-"""Calls into the SQL search functions (migration 0005); no retrieval logic lives here.
+"""Calls into the SQL search functions; no retrieval logic lives here.
 
-Everything ranks inside ``medpg.hybrid_search``; this module binds parameters, maps PostgreSQL
-errors to MedpgError, and fetches what the results display (titles, evidence passages).
+Everything ranks inside ``medpg.hybrid_search`` (defined by the migrations, ``migrations/sql/``);
+this module binds parameters, maps PostgreSQL errors to MedpgError, and fetches what the results
+display (titles, evidence passages). Every statement is a constant with bound parameters: nothing
+is pasted into SQL text, so no query or filter value can change a statement.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from medpg.errors import DatabaseError, InputError
-from medpg.search.types import Filters
+from medpg.retrieval.types import Filters
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class SearchParams:
 
 @dataclass(frozen=True)
 class Row:
+    """One ranked document from ``medpg.hybrid_search``, with each list's evidence."""
+
     document_id: int
     rank: int
     fused_score: float | None
@@ -66,9 +70,17 @@ FROM medpg.hybrid_search(
     sources => %(sources)s, metadata_contains => %(metadata_contains)s, date_from => %(date_from)s,
     date_to => %(date_to)s, patient_ids => %(patient_ids)s)
 """
+_QUERY_LEXEMES = "SELECT medpg.query_lexemes(%s)"
+_DOCUMENTS = """
+SELECT id, source, external_id, title, metadata, patient_id, document_date
+FROM medpg.documents WHERE id = ANY(%s)
+"""
+_CHUNK_TEXTS = "SELECT id, text FROM medpg.chunks WHERE id = ANY(%s)"
+_EMBEDDING_SPACE_MODEL = "SELECT model FROM medpg.embedding_space"
 
 
 def filter_params(filters: Filters) -> dict[str, Any]:
+    """The filter arguments of ``medpg.hybrid_search`` (None: no condition)."""
     return {
         "sources": list(filters.sources) if filters.sources is not None else None,
         "metadata_contains": Jsonb(filters.metadata, dumps=lambda o: orjson.dumps(o).decode())
@@ -91,7 +103,7 @@ def hybrid_search(
     args: dict[str, Any] = {
         "query_text": query_text,
         "query_embedding": None if embedding is None else np.asarray(embedding, dtype=np.float32),
-        **params.__dict__,
+        **asdict(params),
         **filter_params(filters),
     }
     try:
@@ -116,12 +128,15 @@ def _message(exc: psycopg.Error) -> str:
 
 
 def query_lexemes(conn: psycopg.Connection[Any], query_text: str) -> tuple[str, ...]:
-    row = conn.execute("SELECT medpg.query_lexemes(%s)", (query_text,)).fetchone()
+    """The lexemes PostgreSQL makes of the query (``medpg.query_lexemes``), as the results show them."""
+    row = conn.execute(_QUERY_LEXEMES, (query_text,)).fetchone()
     return tuple(row[0]) if row and row[0] else ()
 
 
 @dataclass(frozen=True)
 class DocumentInfo:
+    """What a result displays about its document."""
+
     source: str
     external_id: str
     title: str
@@ -131,22 +146,20 @@ class DocumentInfo:
 
 
 def documents(conn: psycopg.Connection[Any], ids: Sequence[int]) -> dict[int, DocumentInfo]:
-    rows = conn.execute(
-        "SELECT id, source, external_id, title, metadata, patient_id, document_date "
-        "FROM medpg.documents WHERE id = ANY(%s)",
-        (list(ids),),
-    ).fetchall()
+    """Display fields of the given documents; a deleted one is simply absent."""
+    rows = conn.execute(_DOCUMENTS, (list(ids),)).fetchall()
     return {r[0]: DocumentInfo(r[1], r[2], r[3], r[4] or {}, r[5], r[6]) for r in rows}
 
 
 def chunk_texts(conn: psycopg.Connection[Any], chunk_ids: Sequence[int]) -> dict[int, str]:
-    rows = conn.execute("SELECT id, text FROM medpg.chunks WHERE id = ANY(%s)", (list(chunk_ids),)).fetchall()
+    """Passage text of the given chunks (the results' evidence)."""
+    rows = conn.execute(_CHUNK_TEXTS, (list(chunk_ids),)).fetchall()
     return {r[0]: r[1] for r in rows}
 
 
 def embedding_space_model(conn: psycopg.Connection[Any]) -> str | None:
     """``medpg.embedding_space.model``: the model whose vectors dense search reads (None: none yet)."""
-    row = conn.execute("SELECT model FROM medpg.embedding_space").fetchone()
+    row = conn.execute(_EMBEDDING_SPACE_MODEL).fetchone()
     return row[0] if row else None
 
 

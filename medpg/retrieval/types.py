@@ -5,13 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from medpg.errors import InputError
-
-Mode = Literal["hybrid", "dense", "lexical"]
-Lexical = Literal["bm25", "ts_rank"]
-Fusion = Literal["rrf", "weighted"]
+from medpg.vocabulary import FusionMethod, LexicalScorer, SearchMode
 
 
 @dataclass(frozen=True)
@@ -122,6 +119,8 @@ class Explanation:
 
 @dataclass(frozen=True)
 class SearchResult:
+    """One ranked document: its final score, identity, evidence passage and explanation."""
+
     rank: int
     score: float
     document_id: int
@@ -146,9 +145,9 @@ class SearchResponse:
     """Results best first, what was run, and warnings (e.g. no current embeddings: dense skipped)."""
 
     results: list[SearchResult]
-    mode: Mode
-    lexical: Lexical
-    fusion: Fusion
+    mode: SearchMode
+    lexical: LexicalScorer
+    fusion: FusionMethod
     reranked: bool
     query_terms: tuple[str, ...]
     warnings: tuple[str, ...] = ()
@@ -171,9 +170,6 @@ __all__ = [
     "Evidence",
     "Explanation",
     "Filters",
-    "Fusion",
-    "Lexical",
-    "Mode",
     "SearchResponse",
     "SearchResult",
 ]

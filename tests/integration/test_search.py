@@ -19,8 +19,8 @@ import pytest
 from medpg.config import Settings
 from medpg.db import Database
 from medpg.errors import ConfigError, InputError
-from medpg.search import Filters, search
-from medpg.search.fusion import Candidate, fuse
+from medpg.retrieval import Filters, search
+from medpg.retrieval.fusion import Candidate, fuse
 from tests.conftest import truncate
 
 pytestmark = pytest.mark.integration
@@ -417,10 +417,24 @@ def test_over_long_query_is_a_clear_error(filter_db: Database) -> None:
 
 
 def test_medpg_search_is_callable(filter_db: Database) -> None:
-    import medpg
+    import inspect
 
+    import medpg
+    import medpg.retrieval
+
+    assert inspect.isfunction(medpg.search) and medpg.search is medpg.retrieval.search
+    assert medpg.Filters is Filters
     response = medpg.search("cancer", k=2, mode="lexical", db=filter_db, settings=filter_db.settings)
     assert len(response.results) == 2
+
+
+def test_import_medpg_search_loads_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, medpg; medpg.search; medpg.SearchResponse; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_cli_search_json_and_table(filter_db: Database, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from medpg.search.fusion import (
+from medpg.retrieval.fusion import (
     Candidate,
     blend_rerank,
     fuse,

@@ -7,8 +7,8 @@ from datetime import datetime
 import pytest
 
 from medpg.errors import InputError
-from medpg.search.query import or_tsquery_text, prepare_query, quote_lexeme
-from medpg.search.types import Filters
+from medpg.retrieval.query import or_tsquery_text, prepare_query, quote_lexeme
+from medpg.retrieval.types import Filters
 
 
 def test_prepare_query_keeps_ordinary_and_hostile_text() -> None:
