@@ -17,7 +17,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from medpg.errors import InputError
 from medpg.retrieval import sql
 from medpg.retrieval.pipeline import search, search_params
 from medpg.retrieval.types import Filters
+from medpg.vocabulary import FusionMethod, LexicalScorer, SearchMode
 
 K_FETCH = 100  # results scored per query (Recall@100)
 K_TIMED = 10  # results in the timed call
@@ -42,9 +43,9 @@ class System:
     """One configuration to evaluate: a mode, a lexical scorer, a fusion, and setting overrides."""
 
     name: str
-    mode: str
-    lexical: str = "bm25"
-    fusion: str = "weighted"
+    mode: SearchMode
+    lexical: LexicalScorer = "bm25"
+    fusion: FusionMethod = "weighted"
     rerank: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -213,6 +214,57 @@ def _machine(db: Database) -> str:
     )
 
 
+# Settings recorded with every report: what a reader needs to reproduce the numbers.
+REPORTED_SETTINGS = (
+    "model_profile",
+    "candidates",
+    "rrf_k",
+    "dense_weight",
+    "lexical_weight",
+    "bm25_k1",
+    "bm25_b",
+    "bm25_title_weight",
+    "hnsw_ef_search",
+    "chunk_tokens",
+    "chunk_overlap",
+    "article_max_tokens",
+    "rerank_top_k",
+)
+
+
+@dataclass(frozen=True)
+class _Corpus:
+    """The ingested data set as the runs see it."""
+
+    source: str
+    external_ids: dict[int, str]  # document id -> the data set's id, which the qrels use
+    filters: Filters
+    model: str | None
+    chunks_embedded: int
+
+
+@dataclass(frozen=True)
+class _Queries:
+    """The judged queries evaluated, in id order, with their judgments and query vectors."""
+
+    ids: list[str]
+    texts: list[str]
+    embeddings: Any
+    qrels: dict[str, dict[str, int]]
+
+    def rows(self) -> Iterator[tuple[str, str, Any]]:
+        return zip(self.ids, self.texts, self.embeddings, strict=True)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One system's ranking of every query, its latencies in milliseconds and what they measure."""
+
+    ranking: dict[str, dict[str, float]]
+    latencies_ms: list[float]
+    latency_note: str
+
+
 def evaluate_dataset(
     db: Database,
     settings: Settings,
@@ -225,18 +277,37 @@ def evaluate_dataset(
     log: Callable[[str], None] = lambda _msg: None,
 ) -> EvalReport:
     """Ingest and embed ``dataset_dir`` if needed, then run and score every system."""
+    data = load_beir(dataset_dir, split)
+    corpus = _prepare_corpus(db, settings, data, progress=progress, log=log)
+    queries = _encode_queries(settings, data, max_queries, log=log)
+    chosen = _choose_systems(settings, systems)
+    results = []
+    for system in chosen:
+        result = _score_system(system, queries, _run_system(db, settings, system, corpus, queries))
+        log(f"{system.name}: nDCG@10 {result.ndcg10:.4f}, p50 {result.p50_ms:.2f} ms")
+        results.append(result)
+    return _build_report(db, settings, data, split, corpus, queries, results)
+
+
+def _prepare_corpus(
+    db: Database, settings: Settings, data: BeirData, *, progress: bool, log: Callable[[str], None]
+) -> _Corpus:
+    """Ingest and embed the corpus (both skip what is current), and check whose vectors are stored."""
     from medpg.db import check_schema
-    from medpg.embedding import Embedder, article_model_identity
-    from medpg.encoders import load_cross_encoder, load_query_encoder
+    from medpg.embedding import Embedder
     from medpg.ingest import default_source, ingest_file
 
-    data = load_beir(dataset_dir, split)
     check_schema(db)
     source = default_source(data.corpus)
     report = ingest_file(db, settings, data.corpus, source=source, progress=progress)
     log(f"ingest: {report.inserted} new, {report.updated} changed, {report.unchanged} unchanged documents")
     embedded = Embedder(db, settings).embed_pending(progress=progress)
     log(f"embed: {embedded.written} chunks embedded in {embedded.seconds:.0f}s")
+    return _stored_corpus(db, settings, source)
+
+
+def _stored_corpus(db: Database, settings: Settings, source: str) -> _Corpus:
+    from medpg.embedding import article_model_identity
 
     with db.connect() as conn:
         external = dict(
@@ -260,116 +331,141 @@ def evaluate_dataset(
         )
     # Other data in the same database must not answer these queries; one source alone needs no filter.
     filters = Filters(sources=(source,)) if others else Filters()
+    return _Corpus(source, external, filters, space_model, int(chunks_embedded))
+
+
+def _encode_queries(
+    settings: Settings, data: BeirData, max_queries: int | None, *, log: Callable[[str], None]
+) -> _Queries:
+    """The judged queries (the first ``max_queries`` by id), encoded once for every system."""
+    from medpg.encoders import load_query_encoder
 
     qids = sorted(data.queries)[:max_queries] if max_queries else sorted(data.queries)
-    qrels = {q: data.qrels[q] for q in qids}
     texts = [data.queries[q] for q in qids]
     t0 = time.perf_counter()
     embeddings = load_query_encoder(settings).encode_queries(texts)
     log(f"encoded {len(qids)} queries in {time.perf_counter() - t0:.1f}s")
+    return _Queries(qids, texts, embeddings, {q: data.qrels[q] for q in qids})
 
+
+def _choose_systems(settings: Settings, names: Sequence[str] | None) -> list[System]:
+    """The systems named (all by default); the rerank system only when a cross-encoder is configured."""
+    from medpg.encoders import load_cross_encoder
+
+    # Loading it is the check that the configured cross-encoder is there.
     cross = load_cross_encoder(settings) if settings.rerank_top_k > 0 else None
     chosen = default_systems(settings, cross is not None)
-    if systems:
-        names = {s.name for s in chosen}
-        unknown = [s for s in systems if s not in names]
-        if unknown:
-            raise InputError(f"unknown system(s) {unknown}; known: {sorted(names)}")
-        chosen = [s for s in chosen if s.name in systems]
+    if not names:
+        return chosen
+    known = {s.name for s in chosen}
+    unknown = [s for s in names if s not in known]
+    if unknown:
+        raise InputError(f"unknown system(s) {unknown}; known: {sorted(known)}")
+    return [s for s in chosen if s.name in names]
 
-    results: list[SystemResult] = []
-    for system in chosen:
-        cfg = settings.model_copy(update=system.overrides)
-        run: dict[str, dict[str, float]] = {}
-        latencies: list[float] = []
-        if system.rerank:
-            for qid, text, emb in zip(qids, texts, embeddings, strict=True):
-                response = search(
-                    text,
-                    k=K_FETCH,
-                    mode=system.mode,
-                    lexical=system.lexical,
-                    fusion=system.fusion,
-                    rerank=True,
-                    filters=filters,
-                    db=db,
-                    settings=cfg,
-                    query_embedding=emb,
-                )
-                latencies.append(response.timings_ms.get("sql", 0.0) + response.timings_ms.get("rerank", 0.0))
-                run[qid] = {r.external_id: float(K_FETCH - i) for i, r in enumerate(response.results)}
-            note = "SQL call + rerank (top 100)"
-        else:
-            params = search_params(
-                cfg, k=K_FETCH, mode=system.mode, lexical=system.lexical, fusion=system.fusion
-            )
-            timed = search_params(
-                cfg, k=K_TIMED, mode=system.mode, lexical=system.lexical, fusion=system.fusion
-            )
-            with db.connect() as conn:
-                for text, emb in list(zip(texts, embeddings, strict=True))[:5]:  # warm the plan caches
-                    sql.hybrid_search(conn, text, emb if system.mode != "lexical" else None, timed, filters)
-                for qid, text, emb in zip(qids, texts, embeddings, strict=True):
-                    vector = emb if system.mode != "lexical" else None
-                    # Timed: the call a user waits for (top 10 with explanations); scored: the top 100.
-                    start = time.perf_counter()
-                    sql.hybrid_search(conn, text, vector, timed, filters)
-                    latencies.append((time.perf_counter() - start) * 1000)
-                    rows = sql.hybrid_search(conn, text, vector, params, filters)
-                    # Scores from ranks: ranx then keeps exactly the order the SQL returned.
-                    run[qid] = {
-                        external[r.document_id]: float(K_FETCH - i)
-                        for i, r in enumerate(rows)
-                        if r.document_id in external
-                    }
-                conn.rollback()
-            note = "SQL call (top 10)"
-        metrics = _metrics(qrels, run)
-        result = SystemResult(
-            name=system.name,
-            ndcg10=metrics["ndcg@10"],
-            mrr10=metrics["mrr@10"],
-            recall100=metrics["recall@100"],
-            p50_ms=_percentile(latencies, 50),
-            p95_ms=_percentile(latencies, 95),
-            latency_note=note,
-            settings={
-                "mode": system.mode,
-                "lexical": system.lexical,
-                "fusion": system.fusion,
-                "rerank": system.rerank,
-                **system.overrides,
-            },
+
+def _run_system(db: Database, settings: Settings, system: System, corpus: _Corpus, queries: _Queries) -> _Run:
+    """Every query through ``system``: the rerank system through search(), the others the SQL call."""
+    cfg = settings.with_changes(**system.overrides)
+    if system.rerank:
+        return _run_with_rerank(db, cfg, system, corpus, queries)
+    return _run_sql(db, cfg, system, corpus, queries)
+
+
+def _run_with_rerank(db: Database, cfg: Settings, system: System, corpus: _Corpus, queries: _Queries) -> _Run:
+    ranking: dict[str, dict[str, float]] = {}
+    latencies: list[float] = []
+    for qid, text, emb in queries.rows():
+        response = search(
+            text,
+            k=K_FETCH,
+            mode=system.mode,
+            lexical=system.lexical,
+            fusion=system.fusion,
+            rerank=True,
+            filters=corpus.filters,
+            db=db,
+            settings=cfg,
+            query_embedding=emb,
         )
-        log(f"{system.name}: nDCG@10 {result.ndcg10:.4f}, p50 {result.p50_ms:.2f} ms")
-        results.append(result)
+        latencies.append(response.timings_ms.get("sql", 0.0) + response.timings_ms.get("rerank", 0.0))
+        ranking[qid] = _ranks_as_scores(r.external_id for r in response.results)
+    return _Run(ranking, latencies, "SQL call + rerank (top 100)")
 
-    keys = (
-        "model_profile",
-        "candidates",
-        "rrf_k",
-        "dense_weight",
-        "lexical_weight",
-        "bm25_k1",
-        "bm25_b",
-        "bm25_title_weight",
-        "hnsw_ef_search",
-        "chunk_tokens",
-        "chunk_overlap",
-        "article_max_tokens",
-        "rerank_top_k",
+
+def _run_sql(db: Database, cfg: Settings, system: System, corpus: _Corpus, queries: _Queries) -> _Run:
+    scored = search_params(cfg, k=K_FETCH, mode=system.mode, lexical=system.lexical, fusion=system.fusion)
+    timed = search_params(cfg, k=K_TIMED, mode=system.mode, lexical=system.lexical, fusion=system.fusion)
+    ranking: dict[str, dict[str, float]] = {}
+    latencies: list[float] = []
+    with db.connect() as conn:
+        for _, text, emb in list(queries.rows())[:5]:  # warm the plan caches
+            sql.hybrid_search(conn, text, emb if system.mode != "lexical" else None, timed, corpus.filters)
+        for qid, text, emb in queries.rows():
+            vector = emb if system.mode != "lexical" else None
+            # Timed: the call a user waits for (top 10 with explanations); scored: the top 100.
+            latencies.append(_call_ms(sql.hybrid_search, conn, text, vector, timed, corpus.filters))
+            rows = sql.hybrid_search(conn, text, vector, scored, corpus.filters)
+            ids = corpus.external_ids
+            ranking[qid] = _ranks_as_scores(ids[r.document_id] for r in rows if r.document_id in ids)
+        conn.rollback()
+    return _Run(ranking, latencies, "SQL call (top 10)")
+
+
+def _call_ms(call: Callable[..., object], *args: Any) -> float:
+    """Wall-clock milliseconds of ``call(*args)``."""
+    start = time.perf_counter()
+    call(*args)
+    return (time.perf_counter() - start) * 1000
+
+
+def _ranks_as_scores(external_ids: Iterable[str]) -> dict[str, float]:
+    # Scores from ranks: ranx then keeps exactly the order the search returned.
+    return {ext: float(K_FETCH - i) for i, ext in enumerate(external_ids)}
+
+
+def _score_system(system: System, queries: _Queries, run: _Run) -> SystemResult:
+    """The metrics and latency percentiles of one system's run."""
+    metrics = _metrics(queries.qrels, run.ranking)
+    return SystemResult(
+        name=system.name,
+        ndcg10=metrics["ndcg@10"],
+        mrr10=metrics["mrr@10"],
+        recall100=metrics["recall@100"],
+        p50_ms=_percentile(run.latencies_ms, 50),
+        p95_ms=_percentile(run.latencies_ms, 95),
+        latency_note=run.latency_note,
+        settings={
+            "mode": system.mode,
+            "lexical": system.lexical,
+            "fusion": system.fusion,
+            "rerank": system.rerank,
+            **system.overrides,
+        },
     )
+
+
+def _build_report(
+    db: Database,
+    settings: Settings,
+    data: BeirData,
+    split: str,
+    corpus: _Corpus,
+    queries: _Queries,
+    results: list[SystemResult],
+) -> EvalReport:
+    """The report: the results and how they were made (command, machine, settings)."""
     return EvalReport(
         dataset=data.name,
         split=split,
-        queries=len(qids),
-        documents=len(external),
-        chunks_embedded=int(chunks_embedded),
-        model=space_model,
+        queries=len(queries.ids),
+        documents=len(corpus.external_ids),
+        chunks_embedded=corpus.chunks_embedded,
+        model=corpus.model,
         command=_command(),
         machine=_machine(db),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        settings={k: getattr(settings, k) for k in keys},
+        settings={k: getattr(settings, k) for k in REPORTED_SETTINGS},
         systems=results,
     )
 
