@@ -62,6 +62,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from ingest import replicate
 
+    from medpg import schema
     from medpg.config import Settings
     from medpg.db import Database, migrate
     from medpg.evaluation import load_beir
@@ -75,7 +76,7 @@ def main() -> None:
         n = replicate(NFCORPUS / "corpus.jsonl", args.docs, path)
         settings = Settings(_env_file=None, data_dir=work / "pg", model_profile="minilm")  # type: ignore[call-arg]
         db = Database(settings)
-        migrate.upgrade(db)
+        schema.upgrade(db)
         ingest_file(db, settings, path, source="bench", progress=False)
         head = migrate.current_revision(db)
         reference = None
@@ -87,7 +88,7 @@ def main() -> None:
             if revision == "0005":
                 migrate.downgrade(db, "0005")
             elif revision == "head":
-                migrate.upgrade(db)
+                schema.upgrade(db)
             p50, p95, results = run_queries(db, texts, args.rounds)
             equal = reference is None or same_results(reference, results)
             reference = reference or results

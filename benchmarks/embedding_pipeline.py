@@ -27,8 +27,9 @@ from pathlib import Path
 
 import psycopg
 
+from medpg import schema
 from medpg.config import Settings
-from medpg.db import Database, migrate
+from medpg.db import Database
 from medpg.embedding import Embedder
 from medpg.encoders import load_article_encoder
 from medpg.ingest import ingest_file
@@ -48,7 +49,7 @@ def prepare(settings: Settings, docs: int) -> Database:
         conn.execute(f'CREATE DATABASE "{settings.embedded_database}"')
     db.dispose()
     db = Database(settings)
-    migrate.upgrade(db)
+    schema.upgrade(db)
     db.dispose()  # new connections register pgvector (the extension exists now)
     db = Database(settings)
     corpus = settings.datasets_dir / "nfcorpus" / "corpus.jsonl"

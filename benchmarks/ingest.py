@@ -47,8 +47,9 @@ def replicate(corpus: Path, n_docs: int, out: Path) -> int:
 
 
 def run_once(path: Path, n_docs: int, batch_size: int, work: Path) -> tuple[float, float, int]:
+    from medpg import schema
     from medpg.config import Settings
-    from medpg.db import Database, migrate
+    from medpg.db import Database
     from medpg.ingest import ingest_file
 
     data_dir = work / f"pg-{time.monotonic_ns()}"
@@ -59,7 +60,7 @@ def run_once(path: Path, n_docs: int, batch_size: int, work: Path) -> tuple[floa
         ingest_batch_size=batch_size,
     )
     db = Database(settings)
-    migrate.upgrade(db)
+    schema.upgrade(db)
     try:
         first = ingest_file(db, settings, path, source="bench", progress=False)
         second = ingest_file(db, settings, path, source="bench", progress=False)
@@ -71,9 +72,10 @@ def run_once(path: Path, n_docs: int, batch_size: int, work: Path) -> tuple[floa
 
 def breakdown(path: Path, n_docs: int, work: Path) -> list[tuple[str, float]]:
     """Microseconds per document of each part of ingest (see the module docstring)."""
+    from medpg import schema
     from medpg.chunking import Chunker
     from medpg.config import Settings
-    from medpg.db import Database, migrate
+    from medpg.db import Database
     from medpg.ingest import Record, read_records
 
     settings = Settings(_env_file=None, data_dir=work / "pg-breakdown", model_profile="minilm")  # type: ignore[call-arg]
@@ -88,7 +90,7 @@ def breakdown(path: Path, n_docs: int, work: Path) -> list[tuple[str, float]]:
     chunking = (time.perf_counter() - started) * 1e6 / n_docs
 
     db = Database(settings)
-    migrate.upgrade(db)
+    schema.upgrade(db)
     insert = (
         "INSERT INTO medpg.documents (source, external_id, title, body, content_hash) "
         "SELECT 'b', ext, title, body, '\\x00' FROM stage WHERE i >= %s AND i < %s"

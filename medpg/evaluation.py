@@ -293,11 +293,11 @@ def _prepare_corpus(
     db: Database, settings: Settings, data: BeirData, *, progress: bool, log: Callable[[str], None]
 ) -> _Corpus:
     """Ingest and embed the corpus (both skip what is current), and check whose vectors are stored."""
-    from medpg.db import check_schema
+    from medpg import schema
     from medpg.embedding import Embedder
     from medpg.ingest import default_source, ingest_file
 
-    check_schema(db)
+    schema.check(db)
     source = default_source(data.corpus)
     report = ingest_file(db, settings, data.corpus, source=source, progress=progress)
     log(f"ingest: {report.inserted} new, {report.updated} changed, {report.unchanged} unchanged documents")

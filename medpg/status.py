@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from medpg import schema
 from medpg.config import Settings
-from medpg.db import Database, check_schema
-from medpg.embedding import article_model_identity, mode_for, pending_condition, space_model
+from medpg.db import Database
+from medpg.embedding import article_model_identity, mode_for, space_model
 from medpg.encoders.profiles import resolve_profile
 
 THROUGHPUT_MINUTES = 5
@@ -65,73 +67,73 @@ class Status:
         return self.recent_writes / THROUGHPUT_MINUTES
 
 
-def _counts_sql(pending: str) -> str:
-    return f"""
-    SELECT
-        count(*),
-        count(*) FILTER (WHERE pending),
-        count(*) FILTER (WHERE pending AND in_flight),
-        count(*) FILTER (WHERE pending AND NOT in_flight AND last_error IS NOT NULL
-                         AND attempts < %(max_attempts)s),
-        count(*) FILTER (WHERE pending AND attempts >= %(max_attempts)s),
-        count(*) FILTER (WHERE searchable)
-    FROM (
-        SELECT {pending} AS pending,
-               c.claimed_at > now() - make_interval(secs => %(lease)s) AS in_flight,
-               c.last_error, c.attempts,
-               c.embedding IS NOT NULL AND c.embedding_model = %(active)s AS searchable
-        FROM medpg.chunks c
-    ) c
-    """
+# Counts per state of medpg.chunk_state (070_embedding_state.sql) for the configured model. In
+# the table, "pending" is every chunk without a current vector, in flight and retrying included.
+_COUNTS = """
+SELECT count(*),
+       count(*) FILTER (WHERE state <> 'embedded'),
+       count(*) FILTER (WHERE state = 'in_flight'),
+       count(*) FILTER (WHERE state = 'retrying'),
+       count(*) FILTER (WHERE state = 'failed')
+FROM medpg.chunk_state(%(model)s, %(lease)s, %(max_attempts)s)
+"""
+
+_SEARCHABLE = """
+SELECT count(*) FROM medpg.chunks c WHERE c.embedding IS NOT NULL AND c.embedding_model = %(active)s
+"""
+
+_STAGED = """
+SELECT count(*) FROM medpg.chunk_embeddings_staging s JOIN medpg.chunks c ON c.id = s.chunk_id
+WHERE s.model = %(model)s AND s.embedded_hash = c.content_hash
+"""
+
+_RECENT_WRITES = """
+SELECT (SELECT count(*) FROM medpg.chunks WHERE embedded_at > now() - make_interval(mins => %(minutes)s))
+     + (SELECT count(*) FROM medpg.chunk_embeddings_staging
+        WHERE embedded_at > now() - make_interval(mins => %(minutes)s))
+"""
+
+_FAILED = """
+SELECT s.chunk_id, d.source, d.external_id, s.ordinal, s.attempts, s.last_error, s.failed_at
+FROM medpg.chunk_state(%(model)s, %(lease)s, %(max_attempts)s) s
+JOIN medpg.documents d ON d.id = s.document_id
+WHERE s.state = 'failed'
+ORDER BY s.failed_at DESC NULLS LAST, s.chunk_id
+LIMIT %(shown)s
+"""
+
+
+def _scalar(conn: Any, sql: str, params: dict[str, object]) -> int:
+    row = conn.execute(sql, params).fetchone()
+    return int(row[0]) if row else 0
 
 
 def collect_status(db: Database, settings: Settings) -> Status:
     """Gather counts, the last minutes' throughput and the failed chunks (ids and errors only)."""
-    state = check_schema(db)
+    state = schema.check(db)
     profile = resolve_profile(settings)
     model = article_model_identity(settings)
-    window = {"minutes": THROUGHPUT_MINUTES}
     with db.connect() as conn:
         active = space_model(conn)
-        mode = mode_for(model, active)
-        pending = pending_condition(mode)
-        params = {
+        params: dict[str, object] = {
             "model": model,
             "active": active,
             "lease": settings.embed_lease_seconds,
             "max_attempts": settings.embed_max_attempts,
+            "minutes": THROUGHPUT_MINUTES,
+            "shown": FAILED_SHOWN,
         }
-        documents = conn.execute("SELECT count(*) FROM medpg.documents").fetchone()[0]  # type: ignore[index]
+        documents = _scalar(conn, "SELECT count(*) FROM medpg.documents", params)
         sources = conn.execute(
             "SELECT source, count(*) FROM medpg.documents GROUP BY source ORDER BY source"
         ).fetchall()
-        row = conn.execute(_counts_sql(pending), params).fetchone()
-        staged = conn.execute(
-            "SELECT count(*) FROM medpg.chunk_embeddings_staging s JOIN medpg.chunks c ON c.id = s.chunk_id "
-            "WHERE s.model = %(model)s AND s.embedded_hash = c.content_hash",
-            params,
-        ).fetchone()[0]  # type: ignore[index]
-        recent = conn.execute(
-            """
-            SELECT (SELECT count(*) FROM medpg.chunks
-                    WHERE embedded_at > now() - make_interval(mins => %(minutes)s))
-                 + (SELECT count(*) FROM medpg.chunk_embeddings_staging
-                    WHERE embedded_at > now() - make_interval(mins => %(minutes)s))
-            """,
-            window,
-        ).fetchone()[0]  # type: ignore[index]
-        failed_rows = conn.execute(
-            f"""
-            SELECT c.id, d.source, d.external_id, c.ordinal, c.attempts, c.last_error, c.failed_at
-            FROM medpg.chunks c JOIN medpg.documents d ON d.id = c.document_id
-            WHERE c.attempts >= %(max_attempts)s AND {pending_condition(mode, indexed=True)}
-            ORDER BY c.failed_at DESC NULLS LAST, c.id
-            LIMIT {FAILED_SHOWN}
-            """,
-            params,
-        ).fetchall()
+        row = conn.execute(_COUNTS, params).fetchone()
+        searchable = _scalar(conn, _SEARCHABLE, params)
+        staged = _scalar(conn, _STAGED, params)
+        recent = _scalar(conn, _RECENT_WRITES, params)
+        failed_rows = conn.execute(_FAILED, params).fetchall()
     assert row is not None
-    chunks, pending_n, in_flight, retrying, failed, searchable = row
+    chunks, pending_n, in_flight, retrying, failed = row
     return Status(
         database=db.describe(),
         revision=state.revision,
@@ -148,7 +150,7 @@ def collect_status(db: Database, settings: Settings) -> Status:
         retrying=retrying,
         failed=failed,
         searchable=searchable,
-        staged=staged if mode == "staging" else 0,
+        staged=staged if mode_for(model, active) == "staging" else 0,
         recent_writes=recent,
         failed_chunks=[FailedChunk(*r) for r in failed_rows],
     )

@@ -18,8 +18,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from medpg import schema
 from medpg.config import Settings
-from medpg.db import Database, migrate
+from medpg.db import Database
 
 pytest_plugins = ["tests.fixtures.tiny_models"]
 
@@ -110,7 +111,7 @@ def migrated_db(
     def make(hint: str, **overrides: object) -> Database:
         url = create_database(hint)
         db = Database(make_settings(database_url=url, **overrides))
-        migrate.upgrade(db)
+        schema.upgrade(db)
         return db
 
     return make

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from medpg import schema
 from medpg.cli.common import console, database, handle_errors
 from medpg.db import migrate, schema_state
 
@@ -15,7 +16,7 @@ app = typer.Typer(help="Create, migrate and inspect medpg's schema.", no_args_is
 def upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
     """Apply migrations up to REVISION (default: the newest)."""
     db = database()
-    migrate.upgrade(db, revision)
+    schema.upgrade(db, revision)
     console.print(f"database {db.describe()} is at revision {migrate.current_revision(db)}")
 
 

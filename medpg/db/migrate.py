@@ -1,69 +1,108 @@
-"""Run medpg's Alembic migrations against a Database.
+"""Run medpg's migrations against a Database: Alembic revisions, then the SQL definitions.
 
-The revisions live in ``medpg/migrations`` (inside the package, so an installed medpg can
-migrate). The vector dimension and operator class come from the configured model profile.
+The schema lives in ``migrations/`` at the top of the repository, installed as the package
+``medpg.migrations``:
+
+- ``versions/NNNN_*.py``: Alembic revisions, for tables and data only. A released revision never
+  changes: ``frozen.txt`` lists the SHA-256 of each, and ``upgrade`` refuses to run when a file
+  differs (``verify_frozen``).
+- ``sql/idempotent/NNN_*.sql``: the current definition of every function, view and trigger
+  (``CREATE OR REPLACE``), applied in file order after the revisions by every upgrade to head.
+- ``sql/teardown.sql``: removes those definitions before a downgrade changes tables under them.
+
+The vector space (dimension, similarity) is needed once, when revision 0002 creates the tables;
+the caller passes it in (``medpg.schema.upgrade`` takes it from the configured model profile).
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import as_file, files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from medpg.errors import DatabaseError
+from medpg.db.schema import EmbeddingSpace
+from medpg.errors import ConfigError, DatabaseError, SchemaError
 
 if TYPE_CHECKING:
     from medpg.db.engine import Database
 
 VERSION_TABLE = "medpg_alembic_version"
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_PACKAGE = "medpg.migrations"
 
 
-def _config(db: Database) -> Config:
-    from medpg.encoders.profiles import resolve_profile
+@contextmanager
+def migrations_dir() -> Iterator[Path]:
+    """The installed ``migrations/`` directory (a real path, as Alembic needs one)."""
+    with as_file(files(MIGRATIONS_PACKAGE)) as path:
+        yield Path(path)
 
+
+def idempotent_files(root: Path) -> list[Path]:
+    """The SQL definition files, in the order they are applied."""
+    return sorted((root / "sql" / "idempotent").glob("*.sql"))
+
+
+def _frozen(root: Path) -> dict[str, str]:
+    entries: dict[str, str] = {}
+    for line in (root / "frozen.txt").read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            digest, name = line.split(maxsplit=1)
+            entries[name] = digest
+    return entries
+
+
+def verify_frozen(root: Path) -> None:
+    """Refuse released revisions that changed: each file listed in ``frozen.txt`` keeps its hash.
+
+    A schema change is a new revision (and an edit of the idempotent SQL files), never an edit of
+    a released one: databases already past it would not see the change.
+    """
+    changed = []
+    for name, digest in sorted(_frozen(root).items()):
+        path = root / name
+        actual = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
+        if actual != digest:
+            changed.append(name)
+    if changed:
+        raise SchemaError(
+            f"released migration(s) {', '.join(changed)} differ from {root / 'frozen.txt'}: a released "
+            "revision must not change; add a new revision instead"
+        )
+
+
+def _config(root: Path, space: EmbeddingSpace | None) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    profile = resolve_profile(db.settings)
-    cfg.attributes["embedding_space"] = {"dimension": profile.dimension, "similarity": profile.similarity}
+    cfg.set_main_option("script_location", str(root))
+    if space is not None:
+        cfg.attributes["embedding_space"] = {"dimension": space.dimension, "similarity": space.similarity}
     return cfg
 
 
 def head_revision() -> str:
-    script = ScriptDirectory(str(MIGRATIONS_DIR))
-    head = script.get_current_head()
+    with migrations_dir() as root:
+        head = ScriptDirectory(str(root)).get_current_head()
     assert head is not None
     return head
-
-
-def _run(db: Database, fn: str, revision: str) -> None:
-    cfg = _config(db)
-    try:
-        with db.begin() as conn:
-            # Serialise concurrent `medpg db upgrade` runs (several workers starting at once).
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('medpg.migrations'))")
-            if fn == "upgrade":
-                _require_pgvector(conn)
-            cfg.attributes["connection"] = conn
-            getattr(command, fn)(cfg, revision)
-    except DBAPIError as exc:
-        raise DatabaseError(f"migration {fn} to {revision!r} failed: {_orig(exc)}") from None
-    # Pooled connections opened before the extension existed have no pgvector types registered:
-    # drop them so every later connection registers on connect.
-    db.dispose()
 
 
 def _orig(exc: DBAPIError) -> str:
     return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
 
 
-def _require_pgvector(conn: object) -> None:
-    row = conn.exec_driver_sql(  # type: ignore[attr-defined]
+def _require_pgvector(conn: Connection) -> None:
+    row = conn.exec_driver_sql(
         "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
     ).fetchone()
     if row is None:
@@ -74,24 +113,93 @@ def _require_pgvector(conn: object) -> None:
         )
 
 
-def upgrade(db: Database, revision: str = "head") -> None:
-    """Bring the schema up to ``revision`` (default: the newest)."""
-    _run(db, "upgrade", revision)
+def _execute_file(conn: Connection, path: Path) -> None:
+    """Run one SQL file as it is: no parameters, so ``%`` (modulo) needs no escaping."""
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    try:
+        driver.execute(path.read_text(encoding="utf-8").encode())
+    except psycopg.Error as exc:
+        raise SchemaError(f"{path.name} failed: {str(exc).strip().splitlines()[0]}") from None
+
+
+def _needs_space(conn: Connection) -> bool:
+    """True until revision 0002 has stored the embedding space."""
+    return conn.exec_driver_sql("SELECT to_regclass('medpg.embedding_space') IS NULL").scalar() is True
+
+
+@contextmanager
+def _migration(db: Database) -> Iterator[Connection]:
+    """One transaction, serialised against concurrent `medpg db upgrade` runs (workers starting at once)."""
+    try:
+        with db.begin() as conn:
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('medpg.migrations'))")
+            yield conn
+    except DBAPIError as exc:
+        raise DatabaseError(f"migration failed: {_orig(exc)}") from None
+    # Pooled connections opened before the extension existed have no pgvector types registered:
+    # drop them so every later connection registers on connect.
+    db.dispose()
+
+
+def upgrade(db: Database, revision: str = "head", space: EmbeddingSpace | None = None) -> None:
+    """Bring the tables up to ``revision`` and, at head, (re)apply every SQL definition.
+
+    ``space`` is required when the schema does not exist yet (revision 0002 creates the vector
+    column and its index from it); afterwards the database's own ``medpg.embedding_space`` rules.
+    """
+    with migrations_dir() as root, _migration(db) as conn:
+        verify_frozen(root)
+        _require_pgvector(conn)
+        if space is None and _needs_space(conn) and revision != "0001":
+            raise ConfigError(
+                "creating medpg's tables needs the vector dimension and similarity: run `medpg db upgrade`, "
+                "which takes them from the configured model profile"
+            )
+        cfg = _config(root, space)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        if _current(conn) == head_revision():
+            for path in idempotent_files(root):
+                _execute_file(conn, path)
 
 
 def downgrade(db: Database, revision: str = "base") -> None:
-    """Take the schema down to ``revision`` (default: remove medpg's schema entirely)."""
-    _run(db, "downgrade", revision)
+    """Take the tables down to ``revision`` (default: remove medpg's schema entirely).
+
+    The SQL definitions are removed first; below head a database has tables only, and the next
+    ``upgrade`` brings everything back.
+    """
+    with migrations_dir() as root, _migration(db) as conn:
+        if conn.exec_driver_sql("SELECT to_regnamespace('medpg') IS NOT NULL").scalar():
+            _execute_file(conn, root / "sql" / "teardown.sql")
+        cfg = _config(root, None)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+def _current(conn: Connection) -> str | None:
+    ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+    return ctx.get_current_revision()
 
 
 def current_revision(db: Database) -> str | None:
     """The revision the database is at, or None before the first migration."""
     try:
         with db.begin() as conn:
-            ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-            return ctx.get_current_revision()
+            return _current(conn)
     except DBAPIError as exc:
         raise DatabaseError(f"cannot read the schema version: {_orig(exc)}") from None
 
 
-__all__ = ["VERSION_TABLE", "current_revision", "downgrade", "head_revision", "upgrade"]
+__all__ = [
+    "MIGRATIONS_PACKAGE",
+    "VERSION_TABLE",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "idempotent_files",
+    "migrations_dir",
+    "upgrade",
+    "verify_frozen",
+]

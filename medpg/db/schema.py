@@ -6,10 +6,23 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from medpg.errors import DatabaseError, SchemaMismatchError
+from medpg.errors import SchemaError, SchemaMismatchError
+from medpg.vocabulary import Similarity
 
 if TYPE_CHECKING:
     from medpg.db.engine import Database
+
+
+@dataclass(frozen=True)
+class EmbeddingSpace:
+    """A vector space: what ``medpg.embedding_space`` stores and an article encoder produces.
+
+    ``source`` names where the expectation comes from (a model), for error messages.
+    """
+
+    dimension: int
+    similarity: Similarity
+    source: str = "the configured article encoder"
 
 
 @dataclass(frozen=True)
@@ -48,29 +61,31 @@ def schema_state(db: Database) -> SchemaState:
     return SchemaState(revision, head_revision(), dim, similarity, model)
 
 
-def check_schema(db: Database) -> SchemaState:
-    """Fail with a clear message unless the schema is migrated and matches the configured encoder."""
-    from medpg.encoders.profiles import resolve_profile
+def check_schema(db: Database, expected: EmbeddingSpace | None = None) -> SchemaState:
+    """Fail with a clear message unless the schema is migrated and, given ``expected``, matches it.
 
+    ``medpg.schema.check`` passes the configured model profile's space.
+    """
     state = schema_state(db)
     if state.revision is None:
-        raise DatabaseError(f"the database {db.describe()} has no medpg schema yet: run `medpg db upgrade`")
+        raise SchemaError(f"the database {db.describe()} has no medpg schema yet: run `medpg db upgrade`")
     if not state.up_to_date:
-        raise DatabaseError(
+        raise SchemaError(
             f"the database schema is at revision {state.revision}, this medpg needs {state.head}: "
             "run `medpg db upgrade`"
         )
-    profile = resolve_profile(db.settings)
-    if state.column_dimension is not None and state.column_dimension != profile.dimension:
+    if expected is None:
+        return state
+    if state.column_dimension is not None and state.column_dimension != expected.dimension:
         raise SchemaMismatchError(
-            f"the configured article encoder {profile.article_model!r} makes {profile.dimension}-dimensional "
+            f"{expected.source} makes {expected.dimension}-dimensional "
             f"vectors but medpg.chunks.embedding is vector({state.column_dimension}); vectors are never "
             "truncated or padded. Use a model with that dimension (MEDPG_MODEL_PROFILE / MEDPG_EMBEDDING_DIM), "
             "or a fresh database (MEDPG_DATA_DIR or MEDPG_DATABASE_URL)"
         )
-    if state.similarity is not None and state.similarity != profile.similarity:
+    if state.similarity is not None and state.similarity != expected.similarity:
         raise SchemaMismatchError(
-            f"the configured similarity is {profile.similarity!r} but the HNSW index was built for "
+            f"the configured similarity is {expected.similarity!r} but the HNSW index was built for "
             f"{state.similarity!r}; set MEDPG_SIMILARITY={state.similarity} or use a fresh database"
         )
     return state

@@ -58,9 +58,9 @@ def default_database(settings: Settings) -> Database:
 def _check_schema_once(db: Database) -> None:
     if db in _checked:
         return
-    from medpg.db.schema import check_schema
+    from medpg import schema
 
-    check_schema(db)
+    schema.check(db)
     _checked.add(db)
 
 

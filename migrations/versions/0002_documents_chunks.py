@@ -1,8 +1,14 @@
-"""Documents with a weighted tsvector, chunks with embeddings and their embedding state.
+"""Documents with a weighted tsvector, chunks with embeddings, and the embedding space.
+
+The vector space (dimension and similarity) is chosen once, when the schema is created, from the
+configured model profile (``medpg db upgrade`` passes it in). It is stored in
+``medpg.embedding_space``; the column type and the HNSW operator class are made from that row,
+and every later use of the similarity (the search functions) reads it from there.
 
 Revision ID: 0002
 """
 
+import sqlalchemy as sa
 from alembic import context, op
 
 revision = "0002"
@@ -10,12 +16,9 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-OPCLASS = {"ip": "vector_ip_ops", "cosine": "vector_cosine_ops"}
-
 
 def upgrade() -> None:
     space = context.config.attributes["embedding_space"]
-    dim, similarity = int(space["dimension"]), space["similarity"]
     op.execute(
         """
         CREATE TABLE medpg.documents (
@@ -54,7 +57,28 @@ def upgrade() -> None:
     op.execute("CREATE INDEX documents_date_idx ON medpg.documents (document_date)")
 
     op.execute(
-        f"""
+        """
+        CREATE TABLE medpg.embedding_space (
+            singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            dimension  integer NOT NULL CHECK (dimension > 0),
+            similarity text    NOT NULL CHECK (similarity IN ('ip', 'cosine')),
+            model      text
+        )
+        """
+    )
+    op.execute(
+        sa.text(
+            "INSERT INTO medpg.embedding_space (dimension, similarity) VALUES (:dimension, :similarity)"
+        ).bindparams(dimension=int(space["dimension"]), similarity=str(space["similarity"]))
+    )
+    op.execute(
+        "COMMENT ON TABLE medpg.embedding_space IS "
+        "'The vector space of medpg.chunks.embedding: dimension, similarity (operator class) and the "
+        "article model whose vectors are current.'"
+    )
+
+    op.execute(
+        """
         CREATE TABLE medpg.chunks (
             id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             document_id     bigint  NOT NULL REFERENCES medpg.documents (id) ON DELETE CASCADE,
@@ -64,7 +88,7 @@ def upgrade() -> None:
             char_end        integer NOT NULL,
             token_count     integer NOT NULL,
             content_hash    bytea   NOT NULL,
-            embedding       vector({dim}),
+            embedding       vector,  -- typed vector(dimension) below, from medpg.embedding_space
             embedding_model text,
             embedded_hash   bytea,
             embedded_at     timestamptz,
@@ -79,33 +103,28 @@ def upgrade() -> None:
         """
     )
     op.execute(
-        f"CREATE INDEX chunks_embedding_hnsw_idx ON medpg.chunks "
-        f"USING hnsw (embedding {OPCLASS[similarity]}) WITH (m = 16, ef_construction = 64)"
+        """
+        DO $$
+        DECLARE
+            space medpg.embedding_space;
+        BEGIN
+            SELECT * INTO STRICT space FROM medpg.embedding_space;
+            EXECUTE format('ALTER TABLE medpg.chunks ALTER COLUMN embedding TYPE vector(%s)', space.dimension);
+            EXECUTE format(
+                'CREATE INDEX chunks_embedding_hnsw_idx ON medpg.chunks '
+                'USING hnsw (embedding %s) WITH (m = 16, ef_construction = 64)',
+                CASE space.similarity WHEN 'cosine' THEN 'vector_cosine_ops' ELSE 'vector_ip_ops' END);
+        END
+        $$
+        """
     )
     # Chunks whose text changed since their vector was made (or that have none): the work queue.
     op.execute(
         "CREATE INDEX chunks_pending_idx ON medpg.chunks (id) WHERE embedded_hash IS DISTINCT FROM content_hash"
     )
 
-    op.execute(
-        """
-        CREATE TABLE medpg.embedding_space (
-            singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-            dimension  integer NOT NULL CHECK (dimension > 0),
-            similarity text    NOT NULL CHECK (similarity IN ('ip', 'cosine')),
-            model      text
-        )
-        """
-    )
-    op.execute(f"INSERT INTO medpg.embedding_space (dimension, similarity) VALUES ({dim}, '{similarity}')")
-    op.execute(
-        "COMMENT ON TABLE medpg.embedding_space IS "
-        "'The vector space of medpg.chunks.embedding: dimension, similarity (operator class) and the "
-        "article model whose vectors are current.'"
-    )
-
 
 def downgrade() -> None:
-    op.execute("DROP TABLE IF EXISTS medpg.embedding_space")
     op.execute("DROP TABLE IF EXISTS medpg.chunks")
+    op.execute("DROP TABLE IF EXISTS medpg.embedding_space")
     op.execute("DROP TABLE IF EXISTS medpg.documents")

@@ -12,7 +12,7 @@
 Revision ID: 0003
 """
 
-from alembic import context, op
+from alembic import op
 
 revision = "0003"
 down_revision = "0002"
@@ -21,18 +21,27 @@ depends_on = None
 
 
 def upgrade() -> None:
-    dim = int(context.config.attributes["embedding_space"]["dimension"])
     op.execute("ALTER TABLE medpg.chunks ADD COLUMN enqueued_at timestamptz")
     op.execute("CREATE INDEX chunks_failed_idx ON medpg.chunks (id) WHERE failed_at IS NOT NULL")
     op.execute(
-        f"""
+        """
         CREATE TABLE medpg.chunk_embeddings_staging (
             chunk_id      bigint      PRIMARY KEY REFERENCES medpg.chunks (id) ON DELETE CASCADE,
             model         text        NOT NULL,
-            embedding     vector({dim}) NOT NULL,
+            embedding     vector      NOT NULL,  -- typed vector(dimension) below
             embedded_hash bytea       NOT NULL,
             embedded_at   timestamptz NOT NULL DEFAULT now()
         )
+        """
+    )
+    op.execute(
+        """
+        DO $$
+        BEGIN
+            EXECUTE format('ALTER TABLE medpg.chunk_embeddings_staging ALTER COLUMN embedding TYPE vector(%s)',
+                           (SELECT dimension FROM medpg.embedding_space));
+        END
+        $$
         """
     )
     op.execute(

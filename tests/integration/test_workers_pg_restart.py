@@ -19,8 +19,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from medpg import schema
 from medpg.config import Settings
-from medpg.db import Database, migrate
+from medpg.db import Database
 from medpg.encoders import load_article_encoder
 from tests.conftest import DATA_DIR
 from tests.integration.worker_harness import (
@@ -104,7 +105,7 @@ def test_worker_recovers_from_a_postgres_restart_without_restarting(
         **tiny_overrides(tiny_bert_dir, tiny_cross_encoder_dir, broker_url=TEST_REDIS_URL),  # type: ignore[arg-type]
     )
     db = Database(settings)
-    migrate.upgrade(db)
+    schema.upgrade(db)
     hook = after_commit_hook(db, settings)
     docs: list[dict[str, Any]] = load_jsonl(NOTES, limit=12)
 

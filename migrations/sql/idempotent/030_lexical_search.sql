@@ -1,0 +1,137 @@
+-- Lexical retrieval: BM25 from the postings of 020_lexical_index.sql, and PostgreSQL's own
+-- ts_rank / ts_rank_cd over documents.tsv (GIN).
+--
+-- Query text: any string is safe. It is parsed by to_tsvector, never as tsquery syntax, and each
+-- lexeme is quoted (& | ! : * ( ) < > inside it are plain characters). An all-stopword query has
+-- no lexemes: or_tsquery returns NULL, which matches nothing, without an error.
+
+CREATE OR REPLACE FUNCTION medpg.query_lexemes(query_text text) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT tsvector_to_array(to_tsvector('english'::regconfig, coalesce(query_text, ''))) $$;
+
+CREATE OR REPLACE FUNCTION medpg.or_tsquery(query_text text) RETURNS tsquery
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT nullif(
+        array_to_string(ARRAY(
+            SELECT '''' || replace(replace(l, '\', '\\'), '''', '''''') || ''''
+            FROM unnest(medpg.query_lexemes(query_text)) l
+        ), ' | '),
+        '')::tsquery
+$$;
+
+-- BM25 of every document matching any query lexeme, BM25F-style title weight:
+-- tf' = tf + (w - 1) * tf_title, dl' = dl + (w - 1) * dl_title. Lucene's idf (always positive)
+-- with document frequencies counted from the postings just read (exact in the query's snapshot).
+CREATE OR REPLACE FUNCTION medpg.bm25_scores(
+    query_text text, k1 double precision DEFAULT 2.0, b double precision DEFAULT 0.5,
+    title_weight double precision DEFAULT 2.0)
+RETURNS TABLE (document_id bigint, score double precision)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    WITH q AS (
+        SELECT u.lexeme COLLATE "C" AS lexeme, cardinality(u.positions) AS qtf
+        FROM unnest(to_tsvector('english'::regconfig, coalesce(query_text, ''))) u
+    ),
+    stats AS (
+        SELECT greatest(coalesce(sum(s.documents), 0), 1)::float8 AS n,
+               greatest(
+                   (coalesce(sum(s.length), 0) + (title_weight - 1) * coalesce(sum(s.title_length), 0))
+                   / greatest(coalesce(sum(s.documents), 0), 1), 1e-9)::float8 AS avgdl
+        FROM medpg.lexical_stats s
+    ),
+    p AS MATERIALIZED (
+        SELECT q.lexeme, q.qtf, p.document_id,
+               p.tf + (title_weight - 1) * p.tf_title AS tf,
+               p.dl + (title_weight - 1) * p.dl_title AS dl
+        FROM q JOIN medpg.lexical_postings p ON p.lexeme = q.lexeme
+    ),
+    idf AS (
+        SELECT p.lexeme, ln(1 + (greatest(stats.n - count(*), 0) + 0.5) / (count(*) + 0.5)) AS idf
+        FROM p CROSS JOIN stats
+        GROUP BY p.lexeme, stats.n
+    )
+    SELECT p.document_id,
+           sum(p.qtf * idf.idf * p.tf * (k1 + 1)
+               / (p.tf + k1 * (1 - b + b * p.dl / stats.avgdl)))::float8
+    FROM p JOIN idf ON idf.lexeme = p.lexeme CROSS JOIN stats
+    GROUP BY p.document_id
+$$;
+
+-- Top-n documents by BM25 that pass the filters, ranked 1..n. ``also``: documents whose score the
+-- caller wants as well (full-information fusion: a dense candidate gets its real lexical score);
+-- they come after the ranked rows with rank NULL and score 0 when no term matches.
+CREATE OR REPLACE FUNCTION medpg.bm25_search(
+    query_text text, n integer DEFAULT 100, k1 double precision DEFAULT 2.0,
+    b double precision DEFAULT 0.5, title_weight double precision DEFAULT 2.0,
+    also bigint[] DEFAULT NULL,
+    sources text[] DEFAULT NULL,
+    metadata_contains jsonb DEFAULT NULL,
+    date_from timestamptz DEFAULT NULL,
+    date_to timestamptz DEFAULT NULL,
+    patient_ids text[] DEFAULT NULL)
+RETURNS TABLE (document_id bigint, rank integer, score double precision)
+LANGUAGE sql STABLE PARALLEL SAFE
+SET plan_cache_mode = force_generic_plan
+AS $$
+    WITH s AS MATERIALIZED (SELECT * FROM medpg.bm25_scores(query_text, k1, b, title_weight)),
+    top AS (
+        SELECT s.document_id, s.score FROM s
+        WHERE NOT medpg.has_filter(sources, metadata_contains, date_from, date_to, patient_ids)
+           OR EXISTS (SELECT 1 FROM medpg.documents fd
+                      WHERE fd.id = s.document_id
+                        AND medpg.document_matches(fd, sources, metadata_contains, date_from, date_to, patient_ids))
+        ORDER BY s.score DESC, s.document_id
+        LIMIT greatest(n, 0)
+    ),
+    ranked AS (
+        SELECT top.document_id, (row_number() OVER (ORDER BY top.score DESC, top.document_id))::integer AS rank,
+               top.score
+        FROM top
+    )
+    SELECT * FROM ranked
+    UNION ALL
+    SELECT a.id, NULL::integer, coalesce(s.score, 0)
+    FROM unnest(also) AS a(id)
+    LEFT JOIN s ON s.document_id = a.id
+    WHERE NOT EXISTS (SELECT 1 FROM ranked r WHERE r.document_id = a.id)
+$$;
+
+-- Top-n documents by ts_rank (or ts_rank_cd with cover_density) of the OR-ed query lexemes over the
+-- weighted documents.tsv, found through its GIN index; ``also`` as in bm25_search.
+CREATE OR REPLACE FUNCTION medpg.ts_rank_search(
+    query_text text, n integer DEFAULT 100, cover_density boolean DEFAULT false,
+    normalization integer DEFAULT 0, also bigint[] DEFAULT NULL,
+    sources text[] DEFAULT NULL,
+    metadata_contains jsonb DEFAULT NULL,
+    date_from timestamptz DEFAULT NULL,
+    date_to timestamptz DEFAULT NULL,
+    patient_ids text[] DEFAULT NULL)
+RETURNS TABLE (document_id bigint, rank integer, score double precision)
+LANGUAGE sql STABLE PARALLEL SAFE
+SET plan_cache_mode = force_generic_plan
+AS $$
+    WITH q AS MATERIALIZED (SELECT medpg.or_tsquery(query_text) AS q),
+    top AS (
+        SELECT d.id AS document_id,
+               (CASE WHEN cover_density THEN ts_rank_cd(d.tsv, q.q, normalization)
+                     ELSE ts_rank(d.tsv, q.q, normalization) END)::float8 AS score
+        FROM q JOIN medpg.documents d ON d.tsv @@ q.q
+        WHERE medpg.document_matches(d, sources, metadata_contains, date_from, date_to, patient_ids)
+        ORDER BY 2 DESC, 1
+        LIMIT greatest(n, 0)
+    ),
+    ranked AS (
+        SELECT top.document_id, (row_number() OVER (ORDER BY top.score DESC, top.document_id))::integer AS rank,
+               top.score
+        FROM top
+    )
+    SELECT * FROM ranked
+    UNION ALL
+    SELECT d.id, NULL::integer,
+           coalesce(CASE WHEN NOT d.tsv @@ q.q THEN 0
+                         WHEN cover_density THEN ts_rank_cd(d.tsv, q.q, normalization)
+                         ELSE ts_rank(d.tsv, q.q, normalization) END, 0)::float8
+    FROM q CROSS JOIN medpg.documents d
+    WHERE d.id = ANY (also) AND NOT EXISTS (SELECT 1 FROM ranked r WHERE r.document_id = d.id)
+$$;

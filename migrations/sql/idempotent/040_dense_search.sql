@@ -1,0 +1,172 @@
+-- Dense retrieval over medpg.chunks.embedding (pgvector HNSW).
+--
+-- The similarity is medpg.embedding_space.similarity, fixed when the schema was created:
+-- 'ip' (inner product, MedCPT) or 'cosine' (MiniLM). The HNSW index was built with the matching
+-- operator class, so the index scan must order by that operator: <#> (negative inner product) or
+-- <=> (cosine distance). Scores are "higher is better": -(a <#> b), or 1 - (a <=> b).
+-- Only chunks embedded by the model named in embedding_space.model are searched.
+
+-- The score of a distance under a similarity.
+CREATE OR REPLACE FUNCTION medpg.similarity_score(distance double precision, similarity text)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT CASE WHEN similarity = 'cosine' THEN 1 - distance ELSE -distance END $$;
+
+-- The distance the HNSW index orders by.
+CREATE OR REPLACE FUNCTION medpg.vector_distance(a vector, b vector, similarity text)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT CASE WHEN similarity = 'cosine' THEN a <=> b ELSE a <#> b END $$;
+
+-- Exact similarity of each given document's best chunk embedded by the current model.
+CREATE OR REPLACE FUNCTION medpg.dense_document_scores(query_embedding vector, document_ids bigint[])
+RETURNS TABLE (document_id bigint, score double precision, chunk_id bigint, char_start integer,
+               char_end integer)
+LANGUAGE sql STABLE PARALLEL SAFE
+SET plan_cache_mode = force_generic_plan
+AS $$
+    SELECT DISTINCT ON (c.document_id)
+           c.document_id,
+           medpg.similarity_score(medpg.vector_distance(c.embedding, query_embedding, e.similarity),
+                                  e.similarity)::float8,
+           c.id, c.char_start, c.char_end
+    FROM medpg.embedding_space e
+    JOIN medpg.chunks c ON c.embedding_model = e.model
+    WHERE c.document_id = ANY (document_ids)
+      AND c.embedding IS NOT NULL
+    ORDER BY c.document_id, medpg.vector_distance(c.embedding, query_embedding, e.similarity), c.id
+$$;
+
+-- The chunk_limit nearest chunks by the HNSW index (iterative scan), optionally only those of
+-- documents passing the filters. One query per operator: the index can only serve a literal one.
+CREATE OR REPLACE FUNCTION medpg.dense_chunk_candidates(
+    query_embedding vector, chunk_limit integer, space_model text, similarity text,
+    sources text[] DEFAULT NULL,
+    metadata_contains jsonb DEFAULT NULL,
+    date_from timestamptz DEFAULT NULL,
+    date_to timestamptz DEFAULT NULL,
+    patient_ids text[] DEFAULT NULL)
+RETURNS TABLE (chunk_id bigint, document_id bigint, distance double precision, char_start integer,
+               char_end integer)
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    filtered boolean := medpg.has_filter(sources, metadata_contains, date_from, date_to, patient_ids);
+BEGIN
+    IF similarity = 'cosine' THEN
+        RETURN QUERY
+        SELECT c.id, c.document_id, (c.embedding <=> query_embedding)::float8, c.char_start, c.char_end
+        FROM medpg.chunks c
+        WHERE c.embedding_model = space_model
+          AND (NOT filtered OR EXISTS (
+                SELECT 1 FROM medpg.documents fd
+                WHERE fd.id = c.document_id
+                  AND medpg.document_matches(fd, sources, metadata_contains, date_from, date_to, patient_ids)))
+        ORDER BY c.embedding <=> query_embedding
+        LIMIT chunk_limit;
+    ELSE
+        RETURN QUERY
+        SELECT c.id, c.document_id, (c.embedding <#> query_embedding)::float8, c.char_start, c.char_end
+        FROM medpg.chunks c
+        WHERE c.embedding_model = space_model
+          AND (NOT filtered OR EXISTS (
+                SELECT 1 FROM medpg.documents fd
+                WHERE fd.id = c.document_id
+                  AND medpg.document_matches(fd, sources, metadata_contains, date_from, date_to, patient_ids)))
+        ORDER BY c.embedding <#> query_embedding
+        LIMIT chunk_limit;
+    END IF;
+END
+$$;
+
+-- Top-n documents by their best chunk. Fetches 2.5n chunks first and widens, by the chunks per
+-- document just seen, until they cover n documents (several chunks of one document can fill the
+-- list). With a filter, if the index scan gave up early (hnsw.max_scan_tuples: a selective filter),
+-- an exact scan of the matching documents' chunks is cheap and complete. ``also`` as in bm25_search.
+CREATE OR REPLACE FUNCTION medpg.dense_search(
+    query_embedding vector, n integer DEFAULT 100, ef_search integer DEFAULT 100,
+    also bigint[] DEFAULT NULL,
+    sources text[] DEFAULT NULL,
+    metadata_contains jsonb DEFAULT NULL,
+    date_from timestamptz DEFAULT NULL,
+    date_to timestamptz DEFAULT NULL,
+    patient_ids text[] DEFAULT NULL)
+RETURNS TABLE (document_id bigint, rank integer, score double precision, chunk_id bigint,
+               char_start integer, char_end integer)
+LANGUAGE plpgsql STABLE
+-- The SET clauses make these settings local to the call: set_config below changes ef_search for
+-- this call only. Iterative scans keep a filtered search going until it has enough rows
+-- (pgvector >= 0.8); relaxed order is re-sorted below.
+SET hnsw.ef_search = 100
+SET hnsw.iterative_scan = 'relaxed_order'
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    filtered boolean := medpg.has_filter(sources, metadata_contains, date_from, date_to, patient_ids);
+    space medpg.embedding_space;
+    chunk_limit integer := ceil(greatest(n, 1) * 2.5)::integer;
+    ids bigint[];
+    docs bigint[];
+    dists double precision[];
+    starts integer[];
+    ends integer[];
+    got integer;
+    distinct_docs integer;
+BEGIN
+    IF query_embedding IS NULL THEN
+        RAISE EXCEPTION 'medpg.dense_search: query_embedding is NULL' USING ERRCODE = '22004';
+    END IF;
+    PERFORM set_config('hnsw.ef_search', least(greatest(ef_search, 1), 1000)::text, true);
+    SELECT * INTO space FROM medpg.embedding_space;
+    LOOP
+        SELECT array_agg(x.chunk_id ORDER BY x.distance, x.chunk_id),
+               array_agg(x.document_id ORDER BY x.distance, x.chunk_id),
+               array_agg(x.distance ORDER BY x.distance, x.chunk_id),
+               array_agg(x.char_start ORDER BY x.distance, x.chunk_id),
+               array_agg(x.char_end ORDER BY x.distance, x.chunk_id)
+          INTO ids, docs, dists, starts, ends
+        FROM medpg.dense_chunk_candidates(query_embedding, chunk_limit, space.model, space.similarity,
+                                          sources, metadata_contains, date_from, date_to, patient_ids) x;
+        got := coalesce(cardinality(ids), 0);
+        SELECT count(DISTINCT d) INTO distinct_docs FROM unnest(docs) d;
+        EXIT WHEN got < chunk_limit OR distinct_docs >= n OR chunk_limit >= 64 * greatest(n, 1);
+        chunk_limit := least(64 * greatest(n, 1), greatest(
+            chunk_limit + n,
+            ceil(chunk_limit::numeric * n / greatest(distinct_docs, 1) * 1.25)::integer));
+    END LOOP;
+    IF filtered AND distinct_docs < n THEN
+        SELECT array_agg(x.id ORDER BY x.distance, x.id), array_agg(x.document_id ORDER BY x.distance, x.id),
+               array_agg(x.distance ORDER BY x.distance, x.id), array_agg(x.char_start ORDER BY x.distance, x.id),
+               array_agg(x.char_end ORDER BY x.distance, x.id)
+          INTO ids, docs, dists, starts, ends
+        FROM (
+            SELECT c.id, c.document_id,
+                   medpg.vector_distance(c.embedding, query_embedding, space.similarity)::float8 AS distance,
+                   c.char_start, c.char_end
+            FROM medpg.documents fd
+            JOIN medpg.chunks c ON c.document_id = fd.id
+            WHERE medpg.document_matches(fd, sources, metadata_contains, date_from, date_to, patient_ids)
+              AND c.embedding_model = space.model AND c.embedding IS NOT NULL
+            ORDER BY 3
+            LIMIT 64 * greatest(n, 1)
+        ) x;
+    END IF;
+    RETURN QUERY
+    WITH best AS (
+        SELECT DISTINCT ON (x.doc) x.doc, x.chunk, x.dist, x.cs, x.ce
+        FROM unnest(docs, ids, dists, starts, ends) AS x(doc, chunk, dist, cs, ce)
+        ORDER BY x.doc, x.dist, x.chunk
+    ),
+    top AS (
+        SELECT best.* FROM best ORDER BY best.dist, best.doc LIMIT greatest(n, 0)
+    )
+    SELECT top.doc, (row_number() OVER (ORDER BY top.dist, top.doc))::integer,
+           medpg.similarity_score(top.dist, space.similarity)::float8, top.chunk, top.cs, top.ce
+    FROM top
+    UNION ALL
+    SELECT s.document_id, NULL::integer, s.score, s.chunk_id, s.char_start, s.char_end
+    FROM medpg.dense_document_scores(query_embedding,
+             ARRAY(SELECT a FROM unnest(also) a EXCEPT SELECT top.doc FROM top)) s;
+END
+$$;

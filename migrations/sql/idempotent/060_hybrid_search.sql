@@ -1,0 +1,189 @@
+-- medpg.hybrid_search: the whole retrieval in one call, with an explanation per document.
+--
+--   dense:   top candidates by HNSW (medpg.dense_search), best chunk per document
+--   lexical: BM25 (medpg.bm25_search) or ts_rank (medpg.ts_rank_search)
+--   each list's candidates are scored by the other retriever too (full-information fusion)
+--   fusion:  weighted min-max (default) or reciprocal rank fusion (medpg.fuse)
+--
+-- Returns per document: its rank and fused score, each retriever's rank (NULL when it did not
+-- rank the document) and score, the evidence chunk with its character offsets in the body, and
+-- the query lexemes the document contains. Invalid choices raise SQLSTATE 22023.
+CREATE OR REPLACE FUNCTION medpg.hybrid_search(
+    query_text text,
+    query_embedding vector DEFAULT NULL,
+    k integer DEFAULT 10,
+    mode text DEFAULT 'hybrid',
+    candidates integer DEFAULT 100,
+    lexical text DEFAULT 'bm25',
+    fusion text DEFAULT 'weighted',
+    rrf_k integer DEFAULT 60,
+    dense_weight double precision DEFAULT 0.5,
+    lexical_weight double precision DEFAULT 0.5,
+    k1 double precision DEFAULT 2.0,
+    b double precision DEFAULT 0.5,
+    title_weight double precision DEFAULT 2.0,
+    ts_rank_cover_density boolean DEFAULT false,
+    ts_rank_normalization integer DEFAULT 0,
+    ef_search integer DEFAULT 100,
+    sources text[] DEFAULT NULL,
+    metadata_contains jsonb DEFAULT NULL,
+    date_from timestamptz DEFAULT NULL,
+    date_to timestamptz DEFAULT NULL,
+    patient_ids text[] DEFAULT NULL)
+RETURNS TABLE (
+    document_id bigint, rank integer, fused_score double precision,
+    dense_rank integer, dense_score double precision,
+    lexical_rank integer, lexical_score double precision,
+    chunk_id bigint, char_start integer, char_end integer, matched_terms text[])
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    use_dense boolean := mode IN ('hybrid', 'dense');
+    use_lexical boolean := mode IN ('hybrid', 'lexical');
+    d_ids bigint[] := '{}';
+    d_ranks integer[] := '{}';
+    d_scores double precision[] := '{}';
+    d_chunks bigint[] := '{}';
+    d_starts integer[] := '{}';
+    d_ends integer[] := '{}';
+    l_ids bigint[] := '{}';
+    l_ranks integer[] := '{}';
+    l_scores double precision[] := '{}';
+    x_ids bigint[];
+    lexemes text[] := medpg.query_lexemes(query_text);
+BEGIN
+    IF mode IS NULL OR mode NOT IN ('hybrid', 'dense', 'lexical') THEN
+        RAISE EXCEPTION 'medpg.hybrid_search: mode must be hybrid, dense or lexical, got %', mode
+            USING ERRCODE = '22023';
+    END IF;
+    IF lexical IS NULL OR lexical NOT IN ('bm25', 'ts_rank') THEN
+        RAISE EXCEPTION 'medpg.hybrid_search: lexical must be bm25 or ts_rank, got %', lexical
+            USING ERRCODE = '22023';
+    END IF;
+    IF fusion IS NULL OR fusion NOT IN ('rrf', 'weighted') THEN
+        RAISE EXCEPTION 'medpg.hybrid_search: fusion must be rrf or weighted, got %', fusion
+            USING ERRCODE = '22023';
+    END IF;
+    IF k IS NULL OR k < 1 OR candidates IS NULL OR candidates < 1 THEN
+        RAISE EXCEPTION 'medpg.hybrid_search: k and candidates must be at least 1' USING ERRCODE = '22023';
+    END IF;
+    IF use_dense AND query_embedding IS NULL THEN
+        RAISE EXCEPTION 'medpg.hybrid_search: mode % needs query_embedding', mode USING ERRCODE = '22004';
+    END IF;
+
+    IF use_dense THEN
+        SELECT coalesce(array_agg(s.document_id ORDER BY s.rank), '{}'),
+               coalesce(array_agg(s.rank ORDER BY s.rank), '{}'),
+               coalesce(array_agg(s.score ORDER BY s.rank), '{}'),
+               coalesce(array_agg(s.chunk_id ORDER BY s.rank), '{}'),
+               coalesce(array_agg(s.char_start ORDER BY s.rank), '{}'),
+               coalesce(array_agg(s.char_end ORDER BY s.rank), '{}')
+          INTO d_ids, d_ranks, d_scores, d_chunks, d_starts, d_ends
+        FROM medpg.dense_search(query_embedding, candidates, ef_search, NULL, sources => sources, metadata_contains => metadata_contains, date_from => date_from, date_to => date_to, patient_ids => patient_ids) s;
+    END IF;
+
+    IF use_lexical THEN
+        -- In hybrid mode the dense candidates get their lexical score too (full-information fusion).
+        x_ids := CASE WHEN use_dense THEN d_ids END;
+        IF lexical = 'bm25' THEN
+            SELECT coalesce(array_agg(s.document_id ORDER BY s.rank NULLS LAST, s.document_id), '{}'),
+                   coalesce(array_agg(s.rank ORDER BY s.rank NULLS LAST, s.document_id), '{}'),
+                   coalesce(array_agg(s.score ORDER BY s.rank NULLS LAST, s.document_id), '{}')
+              INTO l_ids, l_ranks, l_scores
+            FROM medpg.bm25_search(query_text, candidates, k1, b, title_weight, x_ids, sources => sources, metadata_contains => metadata_contains, date_from => date_from, date_to => date_to, patient_ids => patient_ids) s;
+        ELSE
+            SELECT coalesce(array_agg(s.document_id ORDER BY s.rank NULLS LAST, s.document_id), '{}'),
+                   coalesce(array_agg(s.rank ORDER BY s.rank NULLS LAST, s.document_id), '{}'),
+                   coalesce(array_agg(s.score ORDER BY s.rank NULLS LAST, s.document_id), '{}')
+              INTO l_ids, l_ranks, l_scores
+            FROM medpg.ts_rank_search(query_text, candidates, ts_rank_cover_density, ts_rank_normalization,
+                                      x_ids, sources => sources, metadata_contains => metadata_contains, date_from => date_from, date_to => date_to, patient_ids => patient_ids) s;
+        END IF;
+    END IF;
+
+    IF use_dense AND use_lexical THEN
+        -- Lexical candidates the dense list missed: their exact similarity and best chunk.
+        SELECT d_ids || coalesce(array_agg(s.document_id), '{}'),
+               d_ranks || coalesce(array_agg(NULL::integer), '{}'),
+               d_scores || coalesce(array_agg(s.score), '{}'),
+               d_chunks || coalesce(array_agg(s.chunk_id), '{}'),
+               d_starts || coalesce(array_agg(s.char_start), '{}'),
+               d_ends || coalesce(array_agg(s.char_end), '{}')
+          INTO d_ids, d_ranks, d_scores, d_chunks, d_starts, d_ends
+        FROM medpg.dense_document_scores(
+                 query_embedding,
+                 ARRAY(SELECT u FROM unnest(l_ids) u EXCEPT SELECT u FROM unnest(d_ids) u)) s;
+    END IF;
+
+    RETURN QUERY
+    WITH dn AS (
+        SELECT * FROM unnest(d_ids, d_ranks, d_scores, d_chunks, d_starts, d_ends)
+            AS x(doc, dr, ds, chunk, cs, ce)
+    ),
+    lx AS (
+        SELECT * FROM unnest(l_ids, l_ranks, l_scores) AS x(doc, lr, ls)
+    ),
+    u AS (
+        SELECT coalesce(dn.doc, lx.doc) AS doc, dn.dr, dn.ds, lx.lr, lx.ls, dn.chunk, dn.cs, dn.ce
+        FROM dn FULL JOIN lx ON lx.doc = dn.doc
+        -- Only documents some list ranked; the others are there for their scores only.
+        WHERE dn.dr IS NOT NULL OR lx.lr IS NOT NULL
+    ),
+    arr AS (
+        SELECT array_agg(u.doc ORDER BY u.doc) AS a_doc, array_agg(u.dr ORDER BY u.doc) AS a_dr,
+               array_agg(u.ds ORDER BY u.doc) AS a_ds, array_agg(u.lr ORDER BY u.doc) AS a_lr,
+               array_agg(u.ls ORDER BY u.doc) AS a_ls
+        FROM u
+    ),
+    fz AS (
+        SELECT x.document_id, x.fused_score
+        FROM arr CROSS JOIN LATERAL medpg.fuse(arr.a_doc, arr.a_dr, arr.a_ds, arr.a_lr, arr.a_ls,
+                                               fusion, rrf_k, dense_weight, lexical_weight) x
+        WHERE mode = 'hybrid'
+    ),
+    f AS (
+        SELECT u.*,
+               CASE WHEN mode = 'dense' THEN u.ds
+                    WHEN mode = 'lexical' THEN u.ls
+                    ELSE fz.fused_score END AS fused
+        FROM u LEFT JOIN fz ON fz.document_id = u.doc
+    ),
+    top AS (
+        SELECT f.* FROM f ORDER BY f.fused DESC NULLS LAST, f.doc LIMIT k
+    ),
+    -- Evidence passage when there is no dense score: of a document's several chunks, the one
+    -- where the query's lexemes (stems) occur most often, counted as substrings of the lower-
+    -- cased text (no parsing at query time; a one-chunk document needs no ranking).
+    lexical_evidence AS MATERIALIZED (
+        SELECT DISTINCT ON (x.document_id) x.document_id, x.id, x.char_start, x.char_end
+        FROM (
+            SELECT c.document_id, c.id, c.char_start, c.char_end, c.ordinal, lower(c.text) AS text,
+                   count(*) OVER (PARTITION BY c.document_id) AS n
+            FROM top JOIN medpg.chunks c ON c.document_id = top.doc
+            WHERE top.chunk IS NULL
+        ) x
+        ORDER BY x.document_id,
+                 CASE WHEN x.n > 1 THEN (
+                     SELECT sum((length(x.text) - length(replace(x.text, l, ''))) / length(l))
+                     FROM unnest(lexemes) l WHERE length(l) > 0)
+                 END DESC NULLS LAST,
+                 x.ordinal
+    )
+    SELECT top.doc,
+           (row_number() OVER (ORDER BY top.fused DESC NULLS LAST, top.doc))::integer,
+           top.fused, top.dr, top.ds, top.lr, top.ls,
+           coalesce(top.chunk, le.id), coalesce(top.cs, le.char_start), coalesce(top.ce, le.char_end),
+           ARRAY(SELECT b.lexeme::text
+                 FROM medpg.lexical_documents ld
+                 JOIN medpg.lexical_blocks b
+                   ON b.block_id = ld.block_id AND b.lexeme = ANY (lexemes::text[] COLLATE "C")
+                 WHERE ld.document_id = top.doc AND top.doc = ANY (b.document_ids)
+                 ORDER BY b.lexeme)
+    FROM top LEFT JOIN lexical_evidence le ON le.document_id = top.doc
+    ORDER BY 2;
+END
+$$;
+
+COMMENT ON FUNCTION medpg.hybrid_search IS
+    'Dense + lexical (bm25 or ts_rank) candidates, fused (weighted or rrf), with per-document ranks, scores, evidence chunk and matched lexemes';
