@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +165,30 @@ def _date(obj: dict[str, Any], key: str, limit: int) -> datetime | None:
     if not raw_date:
         return None
     try:
-        return datetime.fromisoformat(raw_date)
+        parsed = datetime.fromisoformat(raw_date)
     except ValueError:
         raise _BadRow(f"field {key!r} is not an ISO 8601 date: {raw_date[:40]!r}") from None
+    _in_stored_range(parsed, key)
+    return parsed
+
+
+def _in_stored_range(value: datetime, key: str) -> None:
+    """Refuse a date whose instant falls outside years 1-9999 once converted to UTC.
+
+    PostgreSQL stores timestamptz from 4713 BC, but psycopg (Python's datetime) reads back years
+    1-9999 only: "0001-01-01T00:00:00+14:00" is stored as year 1 BC and every search that returns
+    the document would then fail. A date without an offset is taken as UTC, as the server does with
+    its default time zone.
+    """
+    if value.tzinfo is None:
+        return  # a naive datetime is in years 1-9999 by construction and stays there in UTC
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise _BadRow(
+            f"field {key!r} is outside years 1-9999 once converted to UTC (PostgreSQL would store it, "
+            "but it could not be read back)"
+        ) from None
 
 
 __all__ = ["Record", "RowError", "read_records", "validate_row"]
