@@ -16,7 +16,7 @@ from rich.table import Table
 from medpg import schema
 from medpg.config import Settings
 from medpg.db import Database
-from medpg.embedding import article_model_identity, mode_for, space_model
+from medpg.embedding import article_model_identity, mode_for, queued_documents, space_model
 from medpg.encoders.profiles import resolve_profile
 
 THROUGHPUT_MINUTES = 5
@@ -55,6 +55,7 @@ class Status:
     searchable: int
     staged: int
     recent_writes: int
+    documents_to_chunk: int = 0
     failed_chunks: list[FailedChunk] = field(default_factory=list)
 
     @property
@@ -132,6 +133,7 @@ def collect_status(db: Database, settings: Settings) -> Status:
         staged = _scalar(conn, _STAGED, params)
         recent = _scalar(conn, _RECENT_WRITES, params)
         failed_rows = conn.execute(_FAILED, params).fetchall()
+        to_chunk = queued_documents(conn)
     assert row is not None
     chunks, pending_n, in_flight, retrying, failed = row
     return Status(
@@ -152,6 +154,7 @@ def collect_status(db: Database, settings: Settings) -> Status:
         searchable=searchable,
         staged=staged if mode_for(model, active) == "staging" else 0,
         recent_writes=recent,
+        documents_to_chunk=to_chunk,
         failed_chunks=[FailedChunk(*r) for r in failed_rows],
     )
 
@@ -180,6 +183,12 @@ def render_status(console: Console, st: Status) -> None:
     table.add_row("chunks", f"{st.chunks:,}")
     table.add_row("  embedded", f"{st.embedded:,}")
     table.add_row("  pending", f"{st.pending:,} ({st.in_flight:,} in flight, {st.retrying:,} retrying)")
+    if st.documents_to_chunk:
+        table.add_row(
+            "  to chunk",
+            f"{st.documents_to_chunk:,} documents changed outside medpg ingest wait to be chunked "
+            "(`medpg embed` or a worker's reconcile chunks them)",
+        )
     table.add_row("  failed", f"{st.failed:,}")
     table.add_row("throughput", f"{st.chunks_per_minute:,.1f} chunks/min (last {THROUGHPUT_MINUTES} minutes)")
     console.print(table)

@@ -8,6 +8,7 @@ these chunks", so losing them costs time, never data.
 
 The stages, one module each:
 
+- ``rechunk``: cut chunks again for documents a plain-SQL writer inserted or changed;
 - ``claim``: lease chunks that need a vector (``FOR UPDATE SKIP LOCKED``), give leases back;
 - ``encode``: the article encoder, splitting a batch until each failing chunk is alone;
 - ``write``: vectors back if the text is unchanged and the lease is still ours; failures recorded;
@@ -18,6 +19,7 @@ The stages, one module each:
 
 from medpg.embedding.embedder import Embedder
 from medpg.embedding.queue import count_claimable, reconcile, retry_failed, select_for_enqueue
+from medpg.embedding.rechunk import RechunkReport, queued_documents, rechunk_pending
 from medpg.embedding.records import BatchResult, ClaimedChunk, EmbedReport, ReconcileReport, batched
 from medpg.embedding.space import Mode, article_model_identity, mode_for, space_model
 from medpg.embedding.switch import finish_model_switch
@@ -31,11 +33,14 @@ __all__ = [
     "Embedder",
     "Mode",
     "ReconcileReport",
+    "RechunkReport",
     "article_model_identity",
     "batched",
     "count_claimable",
     "finish_model_switch",
     "mode_for",
+    "queued_documents",
+    "rechunk_pending",
     "reconcile",
     "retry_failed",
     "select_for_enqueue",

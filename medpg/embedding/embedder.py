@@ -15,6 +15,7 @@ from medpg.db.engine import Database
 from medpg.embedding.claim import claim_chunks, release_chunks
 from medpg.embedding.encode import Encoded, Failed, encode_isolating
 from medpg.embedding.queue import count_claimable
+from medpg.embedding.rechunk import rechunk_pending
 from medpg.embedding.records import BatchResult, ClaimedChunk, EmbedReport
 from medpg.embedding.space import name_first_model
 from medpg.embedding.switch import finish_model_switch
@@ -158,13 +159,15 @@ class Embedder:
     ) -> EmbedReport:
         """Embed every pending chunk in this process (``medpg embed``, benchmarks), then finish a switch.
 
-        Failing chunks are retried within the run until their attempts run out.
+        Documents queued for chunking (changed by plain SQL) are chunked first. Failing chunks are
+        retried within the run until their attempts run out.
         """
         from tqdm import tqdm
 
         self.ensure_ready()
         report = EmbedReport()
         started = time.perf_counter()
+        report.rechunked = rechunk_pending(self.db, self.settings).documents
         total = count_claimable(self.db, self.settings, self.model)
         if limit is not None:
             total = min(total, limit)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from medpg.config import Settings
 from medpg.db.engine import Database
+from medpg.embedding.rechunk import rechunk_pending
 from medpg.embedding.records import ReconcileReport, batched
 from medpg.embedding.space import article_model_identity
 from medpg.embedding.switch import finish_model_switch
@@ -85,12 +86,14 @@ def reconcile(
 ) -> ReconcileReport:
     """Find every chunk that needs a vector and is not leased, and hand its id to ``enqueue``.
 
-    Pending, stale-model (during a switch) and lease-expired chunks are all "claimable pending".
+    Documents queued for chunking (changed by plain SQL) are chunked first. Pending, stale-model
+    (during a switch) and lease-expired chunks are all "claimable pending".
     With ``include_recent`` False, chunks enqueued less than a lease ago are left alone (periodic
     runs with a backlog in the queue). When nothing is left during a switch, the switch finishes.
     Concurrent reconciles are harmless; an advisory lock lets one of them skip.
     """
     model = article_model_identity(settings)
+    rechunk_pending(db, settings)  # documents a plain-SQL writer changed get their chunks first
     ids = select_for_enqueue(
         db, settings, model=model, include_recent=include_recent, lock_key=RECONCILE_LOCK
     )

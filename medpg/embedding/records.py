@@ -43,6 +43,7 @@ class EmbedReport:
     written: int = 0
     failed: int = 0
     stale: int = 0
+    rechunked: int = 0  # documents chunked again first (changed by plain SQL)
     seconds: float = 0.0
     switched_model: str | None = None
 

@@ -60,7 +60,7 @@ def test_installed_wheel_migrates_a_fresh_database(
         "medpg/migrations/frozen.txt",
         "medpg/migrations/sql/teardown.sql",
         "medpg/migrations/sql/idempotent/060_hybrid_search.sql",
-        "medpg/migrations/versions/0006_lexical_blocks.py",
+        "medpg/migrations/versions/0007_chunking_queue.py",
     }
     assert expected <= names
     target = tmp_path / "site"
@@ -92,4 +92,4 @@ def test_installed_wheel_migrates_a_fresh_database(
         text=True,
     )
     assert out.returncode == 0, out.stderr
-    assert "is at revision 0006" in out.stdout
+    assert "is at revision 0007" in out.stdout
