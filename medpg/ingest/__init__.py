@@ -28,7 +28,7 @@ from medpg.config import Settings
 from medpg.db.engine import Database
 from medpg.errors import InputError
 from medpg.ingest.readers import FIELDS, Format, default_source, detect_format, parse_csv_map
-from medpg.ingest.validation import Record, RowError, read_records
+from medpg.ingest.validation import Record, RowError, check_source, read_records
 from medpg.ingest.writer import BatchResult, DocumentWriter, write_in_batches
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class IngestReport:
         self.unchanged += result.unchanged
         self.chunks_written += result.chunks_written
         self.changed_document_ids.extend(result.changed_ids)
+        self.skipped.extend(result.refused)
 
 
 @dataclass
@@ -91,15 +92,22 @@ def ingest_file(
     """Validate every row of ``path``, then upsert the valid ones batch by batch.
 
     Without ``skip_invalid`` a bad row raises InputError (naming file and line) before anything
-    is written. ``after_commit`` is called with the ids of inserted/changed documents after
-    each batch commits (background embedding uses it to enqueue work).
+    is written; with it, bad rows, and rows PostgreSQL itself refuses when their batch is written,
+    are skipped and listed in ``IngestReport.skipped``. A batch that fails in the database raises
+    an error naming its refused rows and exactly the line ranges committed (see
+    ``write_in_batches``). ``after_commit`` is called with the ids of inserted/changed documents
+    after each batch commits (background embedding uses it to enqueue work).
     """
     path = Path(path)
     report = IngestReport(file=str(path), source=source or default_source(path))
+    check_source(report.source)
     started = time.perf_counter()
+    writer = DocumentWriter(db, settings, report.source, file=report.file, skip_refused=skip_invalid)
 
     def read() -> Iterable[Record | RowError]:
-        return read_records(path, settings, fmt, csv_map)
+        return read_records(
+            path, settings, fmt, csv_map, source=report.source, text_vector_check=writer.text_vector_refusal
+        )
 
     # Pass 1: validate everything, so a bad row never leaves the database half-written.
     validated = _validate_file(read, keep=path.stat().st_size <= KEEP_IN_MEMORY_BYTES)
@@ -109,7 +117,7 @@ def ingest_file(
     # Pass 2: write the valid rows.
     records = _valid_records(read, validated)
     _write_records(
-        db, settings, report, records, total=validated.valid, progress=progress, after_commit=after_commit
+        writer, settings, report, records, total=validated.valid, progress=progress, after_commit=after_commit
     )
     report.seconds = time.perf_counter() - started
     _log_report(report)
@@ -151,7 +159,7 @@ def _valid_records(
 
 
 def _write_records(
-    db: Database,
+    writer: DocumentWriter,
     settings: Settings,
     report: IngestReport,
     records: Iterable[Record],
@@ -160,7 +168,7 @@ def _write_records(
     progress: bool | None = None,
     after_commit: Callable[[list[int]], None] | None = None,
 ) -> None:
-    """Write ``records`` under ``report.source`` with the parallel writers and count them in ``report``.
+    """Write ``records`` with ``writer``'s parallel batches and count them in ``report``.
 
     A progress bar of ``total`` documents shows on a terminal (or as ``progress`` says); the text
     index is flushed at the end when anything was written.
@@ -168,7 +176,6 @@ def _write_records(
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
-    writer = DocumentWriter(db, settings, report.source)
     with tqdm(total=total, unit="doc", disable=not show, desc=Path(report.file).name) as bar:
 
         def committed(result: BatchResult) -> None:

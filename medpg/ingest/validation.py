@@ -2,14 +2,16 @@
 
 Validation is the whole of what medpg accepts as a document: an id, a text (or at least a
 title), sizes under MEDPG_MAX_DOCUMENT_BYTES, no NUL bytes (PostgreSQL text cannot store them),
-metadata as an object, an ISO 8601 date, and each id once per file. Messages never quote
-document text, only field names, sizes and positions.
+metadata as an object, an ISO 8601 date, each id once per file, and PostgreSQL's own limits
+(index entries, the tsvector size, the dates psycopg can read back), so that the database never
+refuses a row validation accepted. Messages never quote document text, only field names, sizes
+and positions.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +21,27 @@ import orjson
 
 from medpg.config import Settings
 from medpg.errors import InputError
-from medpg.ingest.readers import Format, RawRow, read_rows
+from medpg.ingest.readers import Format, RawRow, default_source, read_rows
+
+# A btree index entry holds at most ~2704 bytes (a third of an 8 KB page, less headers), and
+# PostgreSQL compresses a value before that check, so whether a long value fits depends on its
+# content: documents has a unique btree index on (source, external_id) and one on patient_id.
+# These limits, in bytes of UTF-8 and checked before compression, leave room for the tuple and
+# column headers whatever the content, and are far above any real identifier.
+KEY_BYTES = 2000
+"""Bytes of UTF-8 that source and external id may take together (the unique index on both)."""
+SOURCE_BYTES = 1000
+"""Bytes of UTF-8 a source name may take, leaving at least 1000 for each document's id."""
+PATIENT_ID_BYTES = 1000
+"""Bytes of UTF-8 a patient id may take (its btree index)."""
+
+# A tsvector holds at most 1 MB of lexemes and positions. Its size is at most about five times
+# the text's (hyphenated words and URLs also index their parts), so a title and body under this
+# size always fit; a larger one is checked exactly by the server (``text_vector_check``).
+TEXT_VECTOR_CHECK_BYTES = 64 * 1024
+
+TextVectorCheck = Callable[[str, str], "str | None"]
+"""(title, body) -> why their tsvector cannot be stored, or None when it can."""
 
 
 @dataclass(frozen=True)
@@ -62,16 +84,58 @@ class _BadRow(Exception):
         self.message = message
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one row may hold: MEDPG_MAX_DOCUMENT_BYTES and the id bytes its source leaves."""
+
+    document_bytes: int
+    id_bytes: int = KEY_BYTES - SOURCE_BYTES
+
+    @classmethod
+    def for_source(cls, settings: Settings, source: str) -> Limits:
+        """The limits for rows stored under ``source`` (InputError when the name itself cannot be)."""
+        check_source(source)
+        return cls(settings.max_document_bytes, KEY_BYTES - len(source.encode()))
+
+
+def check_source(source: str) -> None:
+    """InputError unless ``source`` can be stored and indexed: non-empty UTF-8, no NUL, not too long."""
+    if not source.strip():
+        raise InputError("the source name is empty; pass --source NAME")
+    try:
+        size = len(source.encode())
+    except UnicodeEncodeError:  # a file name with undecodable bytes, decoded with surrogateescape
+        raise InputError("the source name is not valid UTF-8; pass --source NAME") from None
+    if "\x00" in source:
+        raise InputError("the source name contains a NUL byte; pass --source NAME")
+    if size > SOURCE_BYTES:
+        raise InputError(
+            f"the source name is {size} bytes, over the limit of {SOURCE_BYTES}; pass --source NAME"
+        )
+
+
 def read_records(
-    path: Path, settings: Settings, fmt: Format = "auto", csv_map: str | None = None
+    path: Path,
+    settings: Settings,
+    fmt: Format = "auto",
+    csv_map: str | None = None,
+    *,
+    source: str | None = None,
+    text_vector_check: TextVectorCheck | None = None,
 ) -> Iterator[Record | RowError]:
-    """Every row of ``path`` as a Record or a RowError (bad row, or an id seen earlier in the file)."""
+    """Every row of ``path`` as a Record or a RowError (bad row, or an id seen earlier in the file).
+
+    ``source`` (default: from the file name) sets how many bytes an id may take;
+    ``text_vector_check`` checks a document over TEXT_VECTOR_CHECK_BYTES on the server.
+    """
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    limit = settings.max_document_bytes
+    limits = Limits.for_source(settings, source if source is not None else default_source(path))
     seen: dict[str, int] = {}
-    for line_no, raw in read_rows(path, fmt, csv_map, limit):
-        item = validate_row(path, line_no, raw, limit)
+    for line_no, raw in read_rows(path, fmt, csv_map, limits.document_bytes):
+        item = validate_row(path, line_no, raw, limits)
+        if isinstance(item, Record) and text_vector_check is not None:
+            item = _check_text_vector(path, item, text_vector_check)
         if isinstance(item, Record):
             first = seen.setdefault(item.external_id, line_no)
             if first != line_no:
@@ -81,23 +145,40 @@ def read_records(
         yield item
 
 
-def validate_row(path: Path, line: int, raw: RawRow | str, limit: int) -> Record | RowError:
-    """``raw`` as a Record, or a RowError for what the reader or a field check refused."""
+def validate_row(path: Path, line: int, raw: RawRow | str, limits: Limits | int) -> Record | RowError:
+    """``raw`` as a Record, or a RowError for what the reader or a field check refused.
+
+    ``limits`` as a plain int is MEDPG_MAX_DOCUMENT_BYTES with the default id limit.
+    """
     if isinstance(raw, str):
         return RowError(str(path), line, raw)
+    if isinstance(limits, int):
+        limits = Limits(limits)
     try:
-        return _record(raw, line, limit)
+        return _record(raw, line, limits)
     except _BadRow as bad:
         return RowError(str(path), line, bad.message)
 
 
-def _record(raw: RawRow, line: int, limit: int) -> Record:
+def _check_text_vector(path: Path, record: Record, check: TextVectorCheck) -> Record | RowError:
+    """A large document whose tsvector the server says cannot be stored becomes a RowError."""
+    if len(record.body) + len(record.title) <= TEXT_VECTOR_CHECK_BYTES // 4 or (
+        len(record.body.encode()) + len(record.title.encode()) <= TEXT_VECTOR_CHECK_BYTES
+    ):
+        return record
+    refusal = check(record.title, record.body)
+    return record if refusal is None else RowError(str(path), record.line, refusal)
+
+
+def _record(raw: RawRow, line: int, limits: Limits) -> Record:
     obj, keys = raw.value, raw.keys
+    limit = limits.document_bytes
     if not isinstance(obj, dict):
         raise _BadRow(f"expected a JSON object, got {type(obj).__name__}")
     external_id = _required_text(obj, raw.id_key, limit)
     if not external_id.strip():
         raise _BadRow(f"field {raw.id_key!r} is empty")
+    _within_index_limit(external_id, raw.id_key, limits.id_bytes, "with the source name, its unique index")
     body = _required_text(obj, keys["text"], limit)
     title = _text(obj, keys["title"], required=False, limit=limit) or ""
     if not body.strip() and not title.strip():
@@ -106,6 +187,8 @@ def _record(raw: RawRow, line: int, limit: int) -> Record:
         raise _BadRow(f"document is over the size limit of {limit} bytes (MEDPG_MAX_DOCUMENT_BYTES)")
     metadata = _metadata(obj)
     patient = _text(obj, keys["patient_id"], required=False, limit=limit)
+    if patient:
+        _within_index_limit(patient, keys["patient_id"], PATIENT_ID_BYTES, "its index")
     date = _date(obj, keys["date"], limit)
     return Record(line, external_id, title, body, metadata, patient or None, date)
 
@@ -135,6 +218,14 @@ def _text(obj: dict[str, Any], key: str, *, required: bool, limit: int) -> str |
             f"field {key!r} is {len(value.encode())} bytes, over the limit of {limit} (MEDPG_MAX_DOCUMENT_BYTES)"
         )
     return value
+
+
+def _within_index_limit(value: str, key: str, limit: int, index: str) -> None:
+    # Characters bound bytes from below (at most 4 bytes each): encode only when it can matter.
+    if len(value) * 4 > limit and (size := len(value.encode())) > limit:
+        raise _BadRow(
+            f"field {key!r} is {size} bytes, over the limit of {limit} for {index} (PostgreSQL btree)"
+        )
 
 
 def _metadata(obj: dict[str, Any]) -> dict[str, Any]:
@@ -191,4 +282,16 @@ def _in_stored_range(value: datetime, key: str) -> None:
         ) from None
 
 
-__all__ = ["Record", "RowError", "read_records", "validate_row"]
+__all__ = [
+    "KEY_BYTES",
+    "PATIENT_ID_BYTES",
+    "SOURCE_BYTES",
+    "TEXT_VECTOR_CHECK_BYTES",
+    "Limits",
+    "Record",
+    "RowError",
+    "TextVectorCheck",
+    "check_source",
+    "read_records",
+    "validate_row",
+]

@@ -4,6 +4,11 @@ New documents go straight into ``medpg.documents`` by COPY; changed ones are cop
 temporary table and upserted keyed by (source, external id), so an unchanged document is never
 rewritten. Each written document's chunks follow in the same transaction; a chunk whose text
 changed gets a new content hash, which is what marks it for re-embedding.
+
+When PostgreSQL refuses a batch for a row's data (validation should have caught it, but the
+schema may hold constraints it cannot know), the batch is tried again row by row, each in a
+savepoint that is rolled back, to name the rows it refuses; with ``skip_refused`` the batch is
+then written without them.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from psycopg import sql
 from medpg.chunking import Chunker, chunk_hash
 from medpg.config import Settings
 from medpg.db.engine import Database
-from medpg.errors import DatabaseError
-from medpg.ingest.validation import Record
+from medpg.errors import DatabaseError, DatabaseUnavailableError, InputError, MedpgError, is_transient
+from medpg.ingest.validation import Record, RowError
 
 Connection = psycopg.Connection[Any]
 
@@ -98,7 +103,22 @@ USING (SELECT document_id, max(ordinal) AS last FROM _medpg_stage_chunks GROUP B
 WHERE c.document_id = s.document_id AND c.ordinal > s.last
 """
 
+_WRITER_CHUNKS = "SELECT set_config('medpg.writer_chunks', 'on', true)"
+
 _FLUSH_TEXT_INDEX = "SELECT gin_clean_pending_list('medpg.documents_tsv_idx'::regclass)"
+
+# The expression of the documents.tsv generated column (0002_documents_chunks.py), computed and
+# dropped: pg_column_size keeps the vector itself on the server.
+_TEXT_VECTOR_SIZE = """
+SELECT pg_column_size(setweight(to_tsvector('english'::regconfig, %s), 'A')
+                      || setweight(to_tsvector('english'::regconfig, %s), 'B'))
+"""
+
+# SQLSTATE classes that mean "this data": data exception, integrity constraint, program limit.
+# Other failures (connection, schema, permissions) are the batch's, not a row's.
+_ROW_FAULT_CLASSES = ("22", "23", "54")
+
+MAX_NAMED_ROWS = 20
 
 
 @dataclass
@@ -113,33 +133,105 @@ class BatchResult:
     unchanged: int = 0
     chunks_written: int = 0
     changed_ids: list[int] = field(default_factory=list)
+    #: Rows PostgreSQL refused and ``skip_refused`` left out of the batch.
+    refused: list[RowError] = field(default_factory=list)
+
+
+class BatchFailed(Exception):
+    """A batch rolled back: its lines, the database error, and the rows found to cause it."""
+
+    def __init__(self, first: int, last: int, cause: psycopg.Error, refused: list[RowError]) -> None:
+        super().__init__(f"lines {first}-{last}")
+        self.first, self.last, self.cause, self.refused = first, last, cause, refused
 
 
 class DocumentWriter:
-    """Writes batches of validated records, one transaction per batch, each on a pooled connection."""
+    """Writes batches of validated records, one transaction per batch, each on a pooled connection.
 
-    def __init__(self, db: Database, settings: Settings, source: str) -> None:
+    ``file`` names the rows in messages; with ``skip_refused`` a row PostgreSQL refuses is left out
+    of its batch (and reported in ``BatchResult.refused``) instead of failing it.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        source: str,
+        *,
+        file: str = "",
+        skip_refused: bool = False,
+    ) -> None:
         self.db = db
         self.source = source
+        self.file = file
+        self.skip_refused = skip_refused
+        self.log_text = settings.log_text
         self.chunker = Chunker.from_settings(settings)
 
     def write(self, batch: Sequence[Record]) -> BatchResult:
-        """Upsert one batch in one transaction (thread-safe: each call checks out its own connection)."""
+        """Upsert one batch in one transaction (thread-safe: each call checks out its own connection).
+
+        Raises BatchFailed when the batch was rolled back, naming the refused rows when a row's
+        data was the cause.
+        """
         first, last = batch[0].line, batch[-1].line
         try:
-            with self.db.connect() as conn:
-                try:
-                    return self._write(conn, batch, BatchResult(first, last, rows=len(batch)), fast=True)
-                except psycopg.errors.UniqueViolation:
-                    # Another writer inserted some of these documents since we looked: take the
-                    # upsert path, which treats them as existing.
-                    return self._write(conn, batch, BatchResult(first, last, rows=len(batch)), fast=False)
+            return self._write_batch(batch, first, last)
         except psycopg.Error as exc:
-            raise DatabaseError(
-                f"writing lines {first}-{last} failed and was rolled back: "
-                f"{str(exc).strip().splitlines()[0]}. Batches before it are committed; running the same "
-                "ingest again skips them as unchanged."
-            ) from None
+            cause = exc
+        if not _row_fault(cause):
+            raise BatchFailed(first, last, cause, [])
+        try:
+            refused = self._find_refused(batch)
+        except psycopg.Error as exc:
+            raise BatchFailed(first, last, exc, []) from None
+        if not refused or not self.skip_refused:
+            raise BatchFailed(first, last, cause, refused)
+        lines = {e.line for e in refused}
+        rest = [r for r in batch if r.line not in lines]
+        try:
+            result = self._write_batch(rest, first, last) if rest else BatchResult(first, last)
+        except psycopg.Error as exc:
+            raise BatchFailed(first, last, exc, []) from None
+        result.refused = refused
+        return result
+
+    def text_vector_refusal(self, title: str, body: str) -> str | None:
+        """Why the tsvector of ``title`` and ``body`` cannot be stored, or None (a read-only query)."""
+        with self.db.connect() as conn:
+            try:
+                conn.execute(_TEXT_VECTOR_SIZE, (title, body))
+            except psycopg.errors.ProgramLimitExceeded as exc:
+                return (
+                    "fields 'title' and 'text' make a full-text vector (tsvector) over PostgreSQL's "
+                    f"1 MB limit{_detail(exc, always=True)}; split the document or shorten it"
+                )
+            finally:
+                conn.rollback()
+        return None
+
+    def _write_batch(self, batch: Sequence[Record], first: int, last: int) -> BatchResult:
+        with self.db.connect() as conn:
+            try:
+                return self._write(conn, batch, BatchResult(first, last, rows=len(batch)), fast=True)
+            except psycopg.errors.UniqueViolation:
+                # Another writer inserted some of these documents since we looked: take the
+                # upsert path, which treats them as existing.
+                return self._write(conn, batch, BatchResult(first, last, rows=len(batch)), fast=False)
+
+    def _find_refused(self, batch: Sequence[Record]) -> list[RowError]:
+        """Each row of a failed batch written alone in a savepoint, all rolled back: those refused."""
+        refused: list[RowError] = []
+        with self.db.connect() as conn, conn.transaction(force_rollback=True):
+            for r in batch:
+                try:
+                    with conn.transaction(force_rollback=True):
+                        self._write(conn, [r], BatchResult(r.line, r.line, rows=1), fast=False)
+                except psycopg.Error as exc:
+                    if not _row_fault(exc):
+                        raise
+                    refused.append(RowError(self.file, r.line, _refusal(exc, self.log_text)))
+        return refused
 
     def flush_text_index(self) -> None:
         """Merge the GIN pending list now, so searches after an ingest do not scan it."""
@@ -153,6 +245,8 @@ class DocumentWriter:
         """New records by COPY (``fast``) or all by upsert; either way their chunks, in one transaction."""
         hashes = {r.external_id: r.content_hash for r in batch}
         with conn.transaction():
+            # This writer cuts the chunks itself: the chunking queue (080_chunking.sql) skips it.
+            conn.execute(_WRITER_CHUNKS)
             new, changed = self._split_new_changed(conn, batch, hashes)
             result.unchanged += len(batch) - len(new) - len(changed)
             if not fast:
@@ -254,6 +348,32 @@ def _document_row(r: Record, hashes: dict[str, bytes]) -> tuple[Any, ...]:
     )
 
 
+def _row_fault(exc: psycopg.Error) -> bool:
+    return (exc.sqlstate or "")[:2] in _ROW_FAULT_CLASSES
+
+
+def _detail(exc: psycopg.Error, *, always: bool) -> str:
+    """PostgreSQL's own message, when it cannot hold the row's values (or MEDPG_LOG_TEXT allows it)."""
+    primary = exc.diag.message_primary
+    return f" ({primary})" if primary and always else ""
+
+
+def _refusal(exc: psycopg.Error, log_text: bool) -> str:
+    """A row's refusal by names only: the error's kind, SQLSTATE, constraint and column.
+
+    PostgreSQL's message itself can quote the value ("invalid input syntax ...: \"<value>\""), so it
+    is shown only for program limits (sizes and index names) or when MEDPG_LOG_TEXT is on.
+    """
+    diag = exc.diag
+    names = [f"SQLSTATE {exc.sqlstate}"]
+    if diag.constraint_name:
+        names.append(f"constraint {diag.constraint_name}")
+    if diag.column_name:
+        names.append(f"column {diag.column_name}")
+    shown = log_text or (exc.sqlstate or "").startswith("54")
+    return f"refused by PostgreSQL: {type(exc).__name__} ({', '.join(names)}){_detail(exc, always=shown)}"
+
+
 def batches(items: Iterable[Record], size: int) -> Iterator[list[Record]]:
     """``items`` in lists of ``size`` (the last one shorter), read lazily."""
     batch: list[Record] = []
@@ -278,22 +398,84 @@ def write_in_batches(
 
     Batches are cut on the caller's thread and written by the pool, each on its own connection, so
     the server's work on one batch (tsvector, indexes) overlaps the parsing and chunking of the
-    next. One batch at most waits behind the ``workers`` being written; the first failure cancels
-    the batches not started and is raised.
+    next. One batch at most waits behind the ``workers`` being written.
+
+    When a batch fails, the batches not started are cancelled, but those already being written
+    (up to ``workers - 1``, later in the file than the failed one) run to their end: a commit in
+    flight cannot be stopped safely. Every batch that committed, before or after the failed one,
+    goes through ``on_commit``, and the error raised lists exactly the committed line ranges.
     """
+    committed: list[tuple[int, BatchResult]] = []
+
+    def commit(index: int, result: BatchResult) -> None:
+        committed.append((index, result))
+        on_commit(result)
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medpg-ingest") as pool:
-        in_flight: deque[Future[BatchResult]] = deque()
+        in_flight: deque[tuple[int, Future[BatchResult]]] = deque()
         try:
-            for batch in batches(records, batch_size):
-                in_flight.append(pool.submit(writer.write, batch))
+            for index, batch in enumerate(batches(records, batch_size)):
+                in_flight.append((index, pool.submit(writer.write, batch)))
                 while len(in_flight) > workers:
-                    on_commit(in_flight.popleft().result())
+                    commit(*_next_result(in_flight))
             while in_flight:
-                on_commit(in_flight.popleft().result())
+                commit(*_next_result(in_flight))
+        except BatchFailed as failed:
+            for _, fut in in_flight:
+                fut.cancel()
+            for index, fut in in_flight:
+                if not fut.cancelled() and fut.exception() is None:
+                    commit(index, fut.result())
+            raise _batch_error(writer.file, failed, committed, writer.log_text) from None
         except BaseException:
-            for fut in in_flight:
+            for _, fut in in_flight:
                 fut.cancel()
             raise
 
 
-__all__ = ["BatchResult", "DocumentWriter", "batches", "write_in_batches"]
+def _next_result(in_flight: deque[tuple[int, Future[BatchResult]]]) -> tuple[int, BatchResult]:
+    index, fut = in_flight.popleft()
+    return index, fut.result()
+
+
+def _batch_error(
+    file: str, failed: BatchFailed, committed: list[tuple[int, BatchResult]], log_text: bool
+) -> MedpgError:
+    """The error for a rolled-back batch: the refused rows, what rolled back and what is committed."""
+    rolled_back = f"lines {failed.first}-{failed.last} were rolled back"
+    if committed:
+        said = f"Committed: lines {_line_ranges(committed)}. Running the same ingest again skips them as unchanged."
+    else:
+        said = "Nothing was committed."
+    if failed.refused:
+        shown = "\n  ".join(str(e) for e in failed.refused[:MAX_NAMED_ROWS])
+        more = len(failed.refused) - MAX_NAMED_ROWS
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        return InputError(
+            f"{len(failed.refused)} row(s) of {file} refused by PostgreSQL (use --skip-invalid to leave "
+            f"them out):\n  {shown}{tail}\n{rolled_back}. {said}"
+        )
+    if _row_fault(failed.cause):  # the data's fault, but no single row alone: still names only
+        why = _refusal(failed.cause, log_text)
+    else:  # connection, schema or permission errors quote no row
+        why = str(failed.cause).strip().splitlines()[0] if str(failed.cause).strip() else "unknown error"
+    message = f"writing {file} failed and {rolled_back}: {why}. {said}"
+    if is_transient(failed.cause):
+        return DatabaseUnavailableError(message)
+    return DatabaseError(message)
+
+
+def _line_ranges(committed: list[tuple[int, BatchResult]]) -> str:
+    """Committed batches as line ranges, neighbouring batches merged: "1-2000, 3001-4000"."""
+    ranges: list[list[int]] = []
+    last_index = -2
+    for index, result in sorted(committed, key=lambda c: c[0]):
+        if index == last_index + 1:
+            ranges[-1][1] = result.last_line
+        else:
+            ranges.append([result.first_line, result.last_line])
+        last_index = index
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges)
+
+
+__all__ = ["BatchFailed", "BatchResult", "DocumentWriter", "batches", "write_in_batches"]
