@@ -33,7 +33,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progr
 @app.command()
 @handle_errors
 def ingest(
-    path: Path = typer.Argument(..., help="BEIR corpus.jsonl, JSON Lines or CSV file."),
+    path: Path = typer.Argument(..., help="BEIR corpus.jsonl (or its directory), JSON Lines or CSV file."),
     source: str | None = typer.Option(None, help="Source name (default: the data set or file name)."),
     fmt: str = typer.Option("auto", "--format", help="auto, jsonl or csv."),
     csv_map: str | None = typer.Option(
@@ -42,12 +42,16 @@ def ingest(
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip bad rows and report each."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
-    """Load documents: validate every row, then upsert in batches (unchanged rows are not touched)."""
+    """Load documents: validate every row, then upsert in batches (unchanged rows are not touched).
+
+    PATH may be a BEIR data set directory: its corpus.jsonl is read.
+    """
     from medpg.db import check_schema
-    from medpg.ingest import ingest_file
+    from medpg.ingest import ingest_file, resolve_input
 
     if fmt not in ("auto", "jsonl", "csv"):
         raise typer.BadParameter("--format must be auto, jsonl or csv")
+    path = resolve_input(path)  # a missing file is the user's mistake, reported before the database
     cfg = settings()
     db = database()
     check_schema(db)

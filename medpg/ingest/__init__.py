@@ -27,7 +27,14 @@ from pathlib import Path
 from medpg.config import Settings
 from medpg.db.engine import Database
 from medpg.errors import InputError
-from medpg.ingest.readers import FIELDS, Format, default_source, detect_format, parse_csv_map
+from medpg.ingest.readers import (
+    FIELDS,
+    Format,
+    default_source,
+    detect_format,
+    parse_csv_map,
+    resolve_input,
+)
 from medpg.ingest.validation import Record, RowError, check_source, read_records
 from medpg.ingest.writer import BatchResult, DocumentWriter, write_in_batches
 
@@ -98,7 +105,7 @@ def ingest_file(
     ``write_in_batches``). ``after_commit`` is called with the ids of inserted/changed documents
     after each batch commits (background embedding uses it to enqueue work).
     """
-    path = Path(path)
+    path = resolve_input(Path(path))
     report = IngestReport(file=str(path), source=source or default_source(path))
     check_source(report.source)
     started = time.perf_counter()
@@ -221,4 +228,5 @@ __all__ = [
     "ingest_file",
     "parse_csv_map",
     "read_records",
+    "resolve_input",
 ]

@@ -21,7 +21,7 @@ import orjson
 
 from medpg.config import Settings
 from medpg.errors import InputError
-from medpg.ingest.readers import Format, RawRow, default_source, read_rows
+from medpg.ingest.readers import Format, RawRow, default_source, read_rows, resolve_input
 
 # A btree index entry holds at most ~2704 bytes (a third of an 8 KB page, less headers), and
 # PostgreSQL compresses a value before that check, so whether a long value fits depends on its
@@ -128,8 +128,7 @@ def read_records(
     ``source`` (default: from the file name) sets how many bytes an id may take;
     ``text_vector_check`` checks a document over TEXT_VECTOR_CHECK_BYTES on the server.
     """
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    path = resolve_input(path)
     limits = Limits.for_source(settings, source if source is not None else default_source(path))
     seen: dict[str, int] = {}
     for line_no, raw in read_rows(path, fmt, csv_map, limits.document_bytes):

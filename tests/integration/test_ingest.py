@@ -260,3 +260,25 @@ def test_cli_bad_file_is_one_line_and_nonzero(db: Database, tmp_path: Path) -> N
     assert b"Traceback" not in err
     assert b"broken.jsonl:2: invalid JSON" in err
     assert _counts(db) == (0, 0)
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "beir"])
+def test_cli_names_a_missing_file_or_directory_in_one_line(db: Database, tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "scifact"
+    if kind != "missing":
+        target.mkdir()
+    if kind == "beir":
+        _write(target / "corpus.jsonl", GOOD)
+    proc = _cli(["ingest", str(target), "--no-progress"], db.settings)
+    out, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err
+    if kind == "beir":
+        assert proc.returncode == 0, err.decode()
+        assert b"(source 'scifact'): 5 documents" in out
+        assert _counts(db)[0] == 5
+        return
+    assert proc.returncode == 4
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    expected = "no such file" if kind == "missing" else "is a directory without a corpus.jsonl"
+    assert expected in lines[0]
