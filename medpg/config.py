@@ -129,16 +129,20 @@ class Settings(BaseSettings):
     search_mode: SearchMode = "hybrid"
     lexical_scorer: LexicalScorer = "bm25"
     fusion: FusionMethod = "weighted"
-    rrf_k: int = Field(default=60, ge=1)
-    dense_weight: float = Field(default=0.5, ge=0)
-    lexical_weight: float = Field(default=0.5, ge=0)
+    rrf_k: int = Field(default=60, ge=1, le=10_000, description="RRF constant (the SQL refuses others).")
+    dense_weight: float = Field(default=0.5, ge=0, le=1000, allow_inf_nan=False)
+    lexical_weight: float = Field(default=0.5, ge=0, le=1000, allow_inf_nan=False)
     candidates: int = Field(default=100, ge=1, le=10_000, description="Candidates per retriever.")
     rerank_top_k: int = Field(default=50, ge=0, le=1000)
     hnsw_ef_search: int = Field(default=100, ge=1, le=1000)
-    bm25_k1: float = Field(default=2.0, ge=0)
-    bm25_b: float = Field(default=0.5, ge=0, le=1)
+    bm25_k1: float = Field(default=2.0, ge=1e-6, le=1000, allow_inf_nan=False)
+    bm25_b: float = Field(default=0.5, ge=0, le=1, allow_inf_nan=False)
     bm25_title_weight: float = Field(
-        default=2.0, ge=0, description="BM25F-style weight of title terms (1: title counts like body)."
+        default=2.0,
+        ge=1e-6,
+        le=1000,
+        allow_inf_nan=False,
+        description="BM25F-style weight of title terms (1: title counts like body; > 0: no division by 0).",
     )
     ts_rank_cover_density: bool = Field(
         default=False, description="ts_rank scorer: ts_rank_cd (cover density) instead of ts_rank."
@@ -146,13 +150,22 @@ class Settings(BaseSettings):
     ts_rank_normalization: int = Field(default=0, ge=0, le=63, description="ts_rank normalization bits.")
     max_query_chars: int = Field(default=16_384, ge=1, le=1_000_000)
     rerank_weight: float = Field(
-        default=1.0, ge=0, description="Final score weight of the calibrated cross-encoder score."
+        default=1.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Final score weight of the calibrated cross-encoder score.",
     )
     rerank_dense_weight: float = Field(
-        default=0.0, ge=0, description="Final score weight of the min-max-normalized dense score."
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Final score weight of the min-max-normalized dense score.",
     )
     rerank_lexical_weight: float = Field(
-        default=0.0, ge=0, description="Final score weight of the min-max-normalized lexical score."
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Final score weight of the min-max-normalized lexical score.",
     )
 
     # --- privacy --------------------------------------------------------------------------

@@ -4,6 +4,55 @@
 -- Query text: any string is safe. It is parsed by to_tsvector, never as tsquery syntax, and each
 -- lexeme is quoted (& | ! : * ( ) < > inside it are plain characters). An all-stopword query has
 -- no lexemes: or_tsquery returns NULL, which matches nothing, without an error.
+--
+-- Arguments: every search function checks its numeric arguments with the rules below and raises
+-- SQLSTATE 22023 naming itself and the argument for a value outside them, so no call can overflow
+-- (22003) or divide by zero. Limits: n, k, candidates 1..10000; k1 and title_weight 1e-6..1000;
+-- b 0..1; ts_rank normalization 0..63 (040: ef_search 1..1000; 060: rrf_k 1..10000, weights 0..1000).
+
+-- The one check behind every rule: true when lo <= value <= hi (lo < value when lo_exclusive);
+-- otherwise SQLSTATE 22023. NULL and NaN are refused. The message holds the number, never text.
+-- plpgsql because SQL cannot raise; IMMUTABLE so that inside a LANGUAGE sql function it is a
+-- one-time check (and with constant arguments is decided while planning).
+CREATE OR REPLACE FUNCTION medpg.check_range(
+    fn text, arg text, value double precision, lo double precision, hi double precision,
+    lo_exclusive boolean DEFAULT false)
+RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    IF value IS NULL OR value = 'NaN' OR value > hi OR value < lo OR (lo_exclusive AND value = lo) THEN
+        RAISE EXCEPTION '%: % must be % % and at most %, got %', fn, arg,
+            CASE WHEN lo_exclusive THEN 'above' ELSE 'at least' END, lo, hi, coalesce(value::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- A count of results or candidates (n, k, candidates): 1..10000; returns the value for LIMIT.
+CREATE OR REPLACE FUNCTION medpg.checked_count(fn text, arg text, value integer)
+RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT CASE WHEN medpg.check_range(fn, arg, value, 1, 10000) THEN value END $$;
+
+-- BM25 parameters: k1 and title_weight 1e-6..1000 (so tf' >= title_weight * tf_title > 0 and no
+-- product under- or overflows), b 0..1 (so the length norm 1 - b + b * dl / avgdl is >= 0).
+CREATE OR REPLACE FUNCTION medpg.check_bm25(
+    fn text, k1 double precision, b double precision, title_weight double precision)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT medpg.check_range(fn, 'k1', k1, 1e-6, 1000)
+       AND medpg.check_range(fn, 'b', b, 0, 1)
+       AND medpg.check_range(fn, 'title_weight', title_weight, 1e-6, 1000)
+$$;
+
+-- ts_rank's normalization: a bit mask of its documented flags, 0..63.
+CREATE OR REPLACE FUNCTION medpg.check_ts_rank_normalization(fn text, arg text, value integer)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT medpg.check_range(fn, arg, value, 0, 63) $$;
 
 CREATE OR REPLACE FUNCTION medpg.query_lexemes(query_text text) RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -23,6 +72,9 @@ $$;
 -- BM25 of every document matching any query lexeme, BM25F-style title weight:
 -- tf' = tf + (w - 1) * tf_title, dl' = dl + (w - 1) * dl_title. Lucene's idf (always positive)
 -- with document frequencies counted from the postings just read (exact in the query's snapshot).
+-- Every matching document has tf' >= title_weight > 0 (check_bm25), so the denominator
+-- tf' + k1 * (1 - b + b * dl' / avgdl) is positive: a title-only document under b = 1 scores too.
+-- The argument check is a one-time filter of the final query, evaluated before any row is read.
 CREATE OR REPLACE FUNCTION medpg.bm25_scores(
     query_text text, k1 double precision DEFAULT 2.0, b double precision DEFAULT 0.5,
     title_weight double precision DEFAULT 2.0)
@@ -55,12 +107,14 @@ AS $$
            sum(p.qtf * idf.idf * p.tf * (k1 + 1)
                / (p.tf + k1 * (1 - b + b * p.dl / stats.avgdl)))::float8
     FROM p JOIN idf ON idf.lexeme = p.lexeme CROSS JOIN stats
+    WHERE medpg.check_bm25('medpg.bm25_scores', k1, b, title_weight)
     GROUP BY p.document_id
 $$;
 
 -- Top-n documents by BM25 that pass the filters, ranked 1..n. ``also``: documents whose score the
 -- caller wants as well (full-information fusion: a dense candidate gets its real lexical score);
 -- they come after the ranked rows with rank NULL and score 0 when no term matches.
+-- n is checked by the LIMIT (evaluated first), k1, b and title_weight by bm25_scores.
 CREATE OR REPLACE FUNCTION medpg.bm25_search(
     query_text text, n integer DEFAULT 100, k1 double precision DEFAULT 2.0,
     b double precision DEFAULT 0.5, title_weight double precision DEFAULT 2.0,
@@ -82,7 +136,7 @@ AS $$
                       WHERE fd.id = s.document_id
                         AND medpg.document_matches(fd, sources, metadata_contains, date_from, date_to, patient_ids))
         ORDER BY s.score DESC, s.document_id
-        LIMIT greatest(n, 0)
+        LIMIT medpg.checked_count('medpg.bm25_search', 'n', n)
     ),
     ranked AS (
         SELECT top.document_id, (row_number() OVER (ORDER BY top.score DESC, top.document_id))::integer AS rank,
@@ -99,6 +153,7 @@ $$;
 
 -- Top-n documents by ts_rank (or ts_rank_cd with cover_density) of the OR-ed query lexemes over the
 -- weighted documents.tsv, found through its GIN index; ``also`` as in bm25_search.
+-- n is checked by the LIMIT (evaluated first), normalization by a one-time filter below it.
 CREATE OR REPLACE FUNCTION medpg.ts_rank_search(
     query_text text, n integer DEFAULT 100, cover_density boolean DEFAULT false,
     normalization integer DEFAULT 0, also bigint[] DEFAULT NULL,
@@ -118,8 +173,9 @@ AS $$
                      ELSE ts_rank(d.tsv, q.q, normalization) END)::float8 AS score
         FROM q JOIN medpg.documents d ON d.tsv @@ q.q
         WHERE medpg.document_matches(d, sources, metadata_contains, date_from, date_to, patient_ids)
+          AND medpg.check_ts_rank_normalization('medpg.ts_rank_search', 'normalization', normalization)
         ORDER BY 2 DESC, 1
-        LIMIT greatest(n, 0)
+        LIMIT medpg.checked_count('medpg.ts_rank_search', 'n', n)
     ),
     ranked AS (
         SELECT top.document_id, (row_number() OVER (ORDER BY top.score DESC, top.document_id))::integer AS rank,

@@ -80,10 +80,17 @@ BEGIN
 END
 $$;
 
+-- hnsw.ef_search for one call: 1..1000 (pgvector's own range).
+CREATE OR REPLACE FUNCTION medpg.check_ef_search(fn text, arg text, value integer)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT medpg.check_range(fn, arg, value, 1, 1000) $$;
+
 -- Top-n documents by their best chunk. Fetches 2.5n chunks first and widens, by the chunks per
 -- document just seen, until they cover n documents (several chunks of one document can fill the
 -- list). With a filter, if the index scan gave up early (hnsw.max_scan_tuples: a selective filter),
 -- an exact scan of the matching documents' chunks is cheap and complete. ``also`` as in bm25_search.
+-- n (1..10000) and ef_search (1..1000) are checked first: SQLSTATE 22023.
 CREATE OR REPLACE FUNCTION medpg.dense_search(
     query_embedding vector, n integer DEFAULT 100, ef_search integer DEFAULT 100,
     also bigint[] DEFAULT NULL,
@@ -105,7 +112,7 @@ AS $$
 DECLARE
     filtered boolean := medpg.has_filter(sources, metadata_contains, date_from, date_to, patient_ids);
     space medpg.embedding_space;
-    chunk_limit integer := ceil(greatest(n, 1) * 2.5)::integer;
+    chunk_limit integer;
     ids bigint[];
     docs bigint[];
     dists double precision[];
@@ -117,7 +124,10 @@ BEGIN
     IF query_embedding IS NULL THEN
         RAISE EXCEPTION 'medpg.dense_search: query_embedding is NULL' USING ERRCODE = '22004';
     END IF;
-    PERFORM set_config('hnsw.ef_search', least(greatest(ef_search, 1), 1000)::text, true);
+    PERFORM medpg.checked_count('medpg.dense_search', 'n', n),
+            medpg.check_ef_search('medpg.dense_search', 'ef_search', ef_search);
+    chunk_limit := ceil(n * 2.5)::integer;
+    PERFORM set_config('hnsw.ef_search', ef_search::text, true);
     SELECT * INTO space FROM medpg.embedding_space;
     LOOP
         SELECT array_agg(x.chunk_id ORDER BY x.distance, x.chunk_id),

@@ -7,7 +7,21 @@
 --
 -- Returns per document: its rank and fused score, each retriever's rank (NULL when it did not
 -- rank the document) and score, the evidence chunk with its character offsets in the body, and
--- the query lexemes the document contains. Invalid choices raise SQLSTATE 22023.
+-- the query lexemes the document contains. Invalid choices raise SQLSTATE 22023, and so does any
+-- numeric argument outside its range, whatever the mode: k and candidates 1..10000, rrf_k
+-- 1..10000, weights 0..1000, and those of bm25_scores, ts_rank_search and dense_search.
+
+-- Fusion parameters: rrf_k 1..10000 (rrf_k + rank stays an integer), weights 0..1000 (finite).
+CREATE OR REPLACE FUNCTION medpg.check_fusion(
+    fn text, rrf_k integer, dense_weight double precision, lexical_weight double precision)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT medpg.check_range(fn, 'rrf_k', rrf_k, 1, 10000)
+       AND medpg.check_range(fn, 'dense_weight', dense_weight, 0, 1000)
+       AND medpg.check_range(fn, 'lexical_weight', lexical_weight, 0, 1000)
+$$;
+
 CREATE OR REPLACE FUNCTION medpg.hybrid_search(
     query_text text,
     query_embedding vector DEFAULT NULL,
@@ -65,9 +79,13 @@ BEGIN
         RAISE EXCEPTION 'medpg.hybrid_search: fusion must be rrf or weighted, got %', fusion
             USING ERRCODE = '22023';
     END IF;
-    IF k IS NULL OR k < 1 OR candidates IS NULL OR candidates < 1 THEN
-        RAISE EXCEPTION 'medpg.hybrid_search: k and candidates must be at least 1' USING ERRCODE = '22023';
-    END IF;
+    PERFORM medpg.checked_count('medpg.hybrid_search', 'k', k),
+            medpg.checked_count('medpg.hybrid_search', 'candidates', candidates),
+            medpg.check_fusion('medpg.hybrid_search', rrf_k, dense_weight, lexical_weight),
+            medpg.check_bm25('medpg.hybrid_search', k1, b, title_weight),
+            medpg.check_ts_rank_normalization('medpg.hybrid_search', 'ts_rank_normalization',
+                                              ts_rank_normalization),
+            medpg.check_ef_search('medpg.hybrid_search', 'ef_search', ef_search);
     IF use_dense AND query_embedding IS NULL THEN
         RAISE EXCEPTION 'medpg.hybrid_search: mode % needs query_embedding', mode USING ERRCODE = '22004';
     END IF;
