@@ -143,7 +143,10 @@ def _filters(
         try:
             meta = orjson.loads(metadata)
         except orjson.JSONDecodeError as exc:
-            raise InputError(f"--metadata is not valid JSON: {exc}") from None
+            # the position only: the message of some decoders quotes the document
+            raise InputError(
+                f"--metadata is not valid JSON (line {exc.lineno}, column {exc.colno})"
+            ) from None
     return {
         "sources": sources or None,
         "metadata": meta,

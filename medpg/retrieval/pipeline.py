@@ -20,7 +20,8 @@ import numpy as np
 from medpg.config import Settings, get_settings
 from medpg.db.engine import Database
 from medpg.errors import ConfigError, InputError
-from medpg.retrieval import sql
+from medpg.retrieval import arguments, sql
+from medpg.retrieval.arguments import MAX_CANDIDATES, MAX_K
 from medpg.retrieval.query import prepare_query
 from medpg.retrieval.rerank import RerankItem
 from medpg.retrieval.rerank import rerank as rerank_items
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_K = 1000
 _databases: dict[tuple[str | None, str, str], Database] = {}
 _checked: weakref.WeakSet[Database] = weakref.WeakSet()
 _lock = threading.Lock()
@@ -78,12 +78,16 @@ class _Request:
     lexical: LexicalScorer
     fusion: FusionMethod
     filters: Filters
+    rerank: bool | None
+    candidates: int | None
+    embedding: np.ndarray | None
 
 
-def _choice(value: str | None, default: str, allowed: tuple[str, ...], name: str) -> str:
+def _choice(value: object, default: str, allowed: tuple[str, ...], name: str) -> str:
     chosen = default if value is None else value
-    if chosen not in allowed:
-        raise InputError(f"{name} must be one of {', '.join(allowed)}, got {chosen!r}")
+    if not isinstance(chosen, str) or chosen not in allowed:
+        got = ascii(chosen)[:40] if isinstance(chosen, str) else f"a {type(chosen).__name__}"
+        raise InputError(f"{name} must be one of {', '.join(allowed)}, got {got}")
     return chosen
 
 
@@ -91,20 +95,31 @@ def _request(
     settings: Settings,
     query: object,
     k: object,
-    mode: str | None,
-    lexical: str | None,
-    fusion: str | None,
+    mode: object,
+    lexical: object,
+    fusion: object,
     filters: Filters | Mapping[str, Any] | None,
+    rerank: object,
+    candidates: object,
+    query_embedding: object,
 ) -> _Request:
-    """Validate the arguments (InputError names the bad one) and fill the defaults from settings."""
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-        raise InputError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+    """Validate every argument (InputError names the bad one) and fill the defaults from settings.
+
+    ``candidates=None`` means MEDPG_CANDIDATES; any other value must be 1..MAX_CANDIDATES.
+    """
+    k_ = arguments.integer(k, "k", 1, MAX_K)
     mode_ = cast(SearchMode, _choice(mode, settings.search_mode, SEARCH_MODES, "mode"))
     lexical_ = cast(LexicalScorer, _choice(lexical, settings.lexical_scorer, LEXICAL_SCORERS, "lexical"))
     fusion_ = cast(FusionMethod, _choice(fusion, settings.fusion, FUSION_METHODS, "fusion"))
+    if rerank is not None and not isinstance(rerank, bool):
+        raise InputError(f"rerank must be True, False or None, got {type(rerank).__name__}")
+    candidates_ = (
+        None if candidates is None else arguments.integer(candidates, "candidates", 1, MAX_CANDIDATES)
+    )
+    embedding = arguments.embedding(query_embedding)
     filt = Filters.coerce(filters)
     text = prepare_query(query, settings.max_query_chars)
-    return _Request(text, k, mode_, lexical_, fusion_, filt)
+    return _Request(text, k_, mode_, lexical_, fusion_, filt, rerank, candidates_, embedding)
 
 
 def search_params(
@@ -120,7 +135,7 @@ def search_params(
     return sql.SearchParams(
         k=k,
         mode=mode,
-        candidates=candidates or settings.candidates,
+        candidates=settings.candidates if candidates is None else candidates,
         lexical=lexical,
         fusion=fusion,
         rrf_k=settings.rrf_k,
@@ -231,18 +246,22 @@ def _retrieve(
     embedding: np.ndarray | None,
     params: sql.SearchParams,
     timings: dict[str, float],
+    *,
+    log_text: bool,
 ) -> _Retrieved:
     """Rank in ``medpg.hybrid_search`` and fetch titles and evidence passages, read-only."""
     with db.connect() as conn:
-        terms = sql.query_lexemes(conn, request.text)
+        terms = sql.query_lexemes(conn, request.text, log_text=log_text)
         rows: list[sql.Row] = []
         if run_mode is not None:
             t0 = time.perf_counter()
             vector = embedding if run_mode != "lexical" else None
-            rows = sql.hybrid_search(conn, request.text, vector, params, request.filters)
+            rows = sql.hybrid_search(conn, request.text, vector, params, request.filters, log_text=log_text)
             timings["sql"] = (time.perf_counter() - t0) * 1000
-        docs = sql.documents(conn, [r.document_id for r in rows])
-        chunks = sql.chunk_texts(conn, [r.chunk_id for r in rows if r.chunk_id is not None])
+        docs = sql.documents(conn, [r.document_id for r in rows], log_text=log_text)
+        chunks = sql.chunk_texts(
+            conn, [r.chunk_id for r in rows if r.chunk_id is not None], log_text=log_text
+        )
         conn.rollback()
     return _Retrieved(terms, rows, docs, chunks)
 
@@ -361,18 +380,22 @@ def search(
     "ts_rank"; ``fusion``: "weighted" or "rrf" (defaults from settings). ``rerank``: None reranks
     the top MEDPG_RERANK_TOP_K with the cross-encoder when one is configured, True requires one,
     False turns it off. ``filters``: a Filters or a dict with sources, metadata (jsonb containment),
-    date_from / date_to (half-open) and patient_ids. ``query_embedding`` skips encoding (benchmarks).
+    date_from / date_to (half-open) and patient_ids. ``candidates``: per retriever, 1 to
+    MAX_CANDIDATES (None: MEDPG_CANDIDATES). ``query_embedding`` skips encoding (benchmarks).
+    Every argument is checked first: a bad one is an InputError naming it.
     """
     settings = settings or get_settings()
     db = db or default_database(settings)
     started = time.perf_counter()
-    request = _request(settings, query, k, mode, lexical, fusion, filters)
+    request = _request(
+        settings, query, k, mode, lexical, fusion, filters, rerank, candidates, query_embedding
+    )
     _check_schema_once(db)
     timings: dict[str, float] = {}
 
-    run_mode, warning = _runnable_mode(db, settings, request.mode, query_embedding)
-    cross = _cross_encoder(settings, rerank)
-    embedding = query_embedding
+    run_mode, warning = _runnable_mode(db, settings, request.mode, request.embedding)
+    cross = _cross_encoder(settings, request.rerank)
+    embedding = request.embedding
     if embedding is None:
         embedding = _encode_query(settings, request.text, run_mode, timings)
     params = search_params(
@@ -382,15 +405,19 @@ def search(
         mode=run_mode or "lexical",  # unused when nothing runs; the SQL still wants a valid mode
         lexical=request.lexical,
         fusion=request.fusion,
-        candidates=candidates,
+        candidates=request.candidates,
     )
-    found = _retrieve(db, request, run_mode, embedding, params, timings)
+    found = _retrieve(db, request, run_mode, embedding, params, timings, log_text=settings.log_text)
     ranking = _rerank(cross, request.text, found, settings, timings)
     results = _results(found, ranking, request.k)
 
     timings["total"] = (time.perf_counter() - started) * 1000
     log.info(
-        "search: mode=%s results=%d sql=%.1fms", run_mode or "none", len(results), timings.get("sql", 0.0)
+        "search: query=%s mode=%s results=%d sql=%.1fms",
+        arguments.shown(request.text, log_text=settings.log_text),
+        run_mode or "none",
+        len(results),
+        timings.get("sql", 0.0),
     )
     return SearchResponse(
         results=results,
@@ -404,4 +431,4 @@ def search(
     )
 
 
-__all__ = ["MAX_K", "default_database", "dense_status", "search", "search_params"]
+__all__ = ["MAX_CANDIDATES", "MAX_K", "default_database", "dense_status", "search", "search_params"]

@@ -8,7 +8,8 @@ is pasted into SQL text, so no query or filter value can change a statement.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from medpg.errors import DatabaseError, InputError
+from medpg.retrieval.arguments import shown
 from medpg.retrieval.types import Filters
 
 
@@ -98,6 +100,8 @@ def hybrid_search(
     embedding: np.ndarray | None,
     params: SearchParams,
     filters: Filters,
+    *,
+    log_text: bool = False,
 ) -> list[Row]:
     """One call of ``medpg.hybrid_search``; rows best first."""
     args: dict[str, Any] = {
@@ -106,30 +110,58 @@ def hybrid_search(
         **asdict(params),
         **filter_params(filters),
     }
-    try:
+    with search_errors(log_text):
         rows = conn.execute(_HYBRID, args).fetchall()
-    except psycopg.errors.InvalidParameterValue as exc:
-        raise InputError(_message(exc)) from None
-    except psycopg.errors.DataError as exc:
-        raise InputError(f"invalid search input: {_message(exc)}") from None
-    except psycopg.errors.UndefinedFunction as exc:
-        raise DatabaseError(
-            f"the search functions are missing ({_message(exc)}): run `medpg db upgrade`"
-        ) from None
-    except psycopg.Error as exc:
-        raise DatabaseError(f"search failed: {_message(exc)}") from None
     return [Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], tuple(r[10] or ())) for r in rows]
 
 
-def _message(exc: psycopg.Error) -> str:
+@contextmanager
+def search_errors(log_text: bool) -> Iterator[None]:
+    """PostgreSQL errors of a search statement as MedpgErrors with messages safe to show.
+
+    22023 from medpg's own argument checks is an InputError with their message (it names the
+    argument, never a text value); other data errors are InputErrors too. A server message can
+    quote the values it choked on, so it is shown only when MEDPG_LOG_TEXT allows text.
+    """
+    try:
+        yield
+    except psycopg.errors.InvalidParameterValue as exc:
+        raise InputError(error_message(exc, log_text)) from None
+    except psycopg.errors.DataError as exc:
+        raise InputError(f"invalid search input: {error_message(exc, log_text)}") from None
+    except psycopg.errors.UndefinedFunction as exc:
+        raise DatabaseError(
+            f"the search functions are missing ({error_message(exc, log_text)}): run `medpg db upgrade`"
+        ) from None
+    except psycopg.Error as exc:
+        raise DatabaseError(f"search failed: {error_message(exc, log_text)}") from None
+
+
+def error_message(exc: psycopg.Error, log_text: bool) -> str:
+    """The server's one-line message, or only its SQLSTATE when the message may hold text.
+
+    Messages of medpg's own checks (``medpg.…``) and of errors that carry no data (connection
+    loss, missing functions: classes 08, 42883, 57) are always shown.
+    """
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) if diag is not None else None
-    return primary or str(exc).strip().splitlines()[0]
+    message = primary or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    sqlstate = getattr(exc, "sqlstate", None) or (
+        getattr(diag, "sqlstate", None) if diag is not None else None
+    )
+    if message.startswith("medpg.") or (sqlstate or "").startswith(("08", "42883", "57")):
+        return message
+    if log_text:
+        return shown(message, log_text=True, limit=200)
+    return f"{type(exc).__name__} (SQLSTATE {sqlstate or 'unknown'}; {shown(message, log_text=False)})"
 
 
-def query_lexemes(conn: psycopg.Connection[Any], query_text: str) -> tuple[str, ...]:
+def query_lexemes(
+    conn: psycopg.Connection[Any], query_text: str, *, log_text: bool = False
+) -> tuple[str, ...]:
     """The lexemes PostgreSQL makes of the query (``medpg.query_lexemes``), as the results show them."""
-    row = conn.execute(_QUERY_LEXEMES, (query_text,)).fetchone()
+    with search_errors(log_text):
+        row = conn.execute(_QUERY_LEXEMES, (query_text,)).fetchone()
     return tuple(row[0]) if row and row[0] else ()
 
 
@@ -145,16 +177,31 @@ class DocumentInfo:
     document_date: Any
 
 
-def documents(conn: psycopg.Connection[Any], ids: Sequence[int]) -> dict[int, DocumentInfo]:
+def documents(
+    conn: psycopg.Connection[Any], ids: Sequence[int], *, log_text: bool = False
+) -> dict[int, DocumentInfo]:
     """Display fields of the given documents; a deleted one is simply absent."""
-    rows = conn.execute(_DOCUMENTS, (list(ids),)).fetchall()
+    with _reading_results(log_text):
+        rows = conn.execute(_DOCUMENTS, (list(ids),)).fetchall()
     return {r[0]: DocumentInfo(r[1], r[2], r[3], r[4] or {}, r[5], r[6]) for r in rows}
 
 
-def chunk_texts(conn: psycopg.Connection[Any], chunk_ids: Sequence[int]) -> dict[int, str]:
+def chunk_texts(
+    conn: psycopg.Connection[Any], chunk_ids: Sequence[int], *, log_text: bool = False
+) -> dict[int, str]:
     """Passage text of the given chunks (the results' evidence)."""
-    rows = conn.execute(_CHUNK_TEXTS, (list(chunk_ids),)).fetchall()
+    with _reading_results(log_text):
+        rows = conn.execute(_CHUNK_TEXTS, (list(chunk_ids),)).fetchall()
     return {r[0]: r[1] for r in rows}
+
+
+@contextmanager
+def _reading_results(log_text: bool) -> Iterator[None]:
+    """A failure reading stored rows (e.g. a date psycopg cannot represent) is a DatabaseError."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise DatabaseError(f"reading the results failed: {error_message(exc, log_text)}") from None
 
 
 def embedding_space_model(conn: psycopg.Connection[Any]) -> str | None:
@@ -170,7 +217,9 @@ __all__ = [
     "chunk_texts",
     "documents",
     "embedding_space_model",
+    "error_message",
     "filter_params",
     "hybrid_search",
     "query_lexemes",
+    "search_errors",
 ]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from medpg.errors import InputError
+from medpg.retrieval import arguments
 from medpg.vocabulary import FusionMethod, LexicalScorer, SearchMode
+
+_FILTER_NAMES = ("sources", "metadata", "date_from", "date_to", "patient_ids")
+_ALIASES = {"source": "sources", "patient_id": "patient_ids"}
 
 
 @dataclass(frozen=True)
@@ -17,7 +21,9 @@ class Filters:
 
     ``metadata`` is jsonb containment (``{"specialty": "Cardiology"}`` matches documents whose
     metadata includes that pair); dates are a half-open range ``date_from <= date < date_to``
-    (documents without a date are excluded when either bound is set).
+    (documents without a date are excluded when either bound is set; a date without a time zone
+    is UTC). Every value is checked when a Filters is made (``medpg.retrieval.arguments``): a bad
+    one is an InputError naming the filter and never quoting the value (patient ids are PHI).
     """
 
     sources: tuple[str, ...] | None = None
@@ -25,6 +31,17 @@ class Filters:
     date_from: datetime | None = None
     date_to: datetime | None = None
     patient_ids: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        checked = {
+            "sources": arguments.strings(self.sources, "sources"),
+            "metadata": arguments.metadata(self.metadata),
+            "date_from": arguments.timestamp(self.date_from, "date_from"),
+            "date_to": arguments.timestamp(self.date_to, "date_to"),
+            "patient_ids": arguments.strings(self.patient_ids, "patient_ids"),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def coerce(cls, value: Filters | Mapping[str, Any] | None) -> Filters:
@@ -35,30 +52,17 @@ class Filters:
             return value
         if not isinstance(value, Mapping):
             raise InputError(f"filters must be a mapping, got {type(value).__name__}")
-        unknown = set(value) - {
-            "sources",
-            "source",
-            "metadata",
-            "date_from",
-            "date_to",
-            "patient_ids",
-            "patient_id",
-        }
+        unknown = [key for key in value if key not in _FILTER_NAMES and key not in _ALIASES]
         if unknown:
-            raise InputError(
-                f"unknown filter(s) {', '.join(sorted(unknown))}; "
-                "known: sources, metadata, date_from, date_to, patient_ids"
-            )
-        metadata = value.get("metadata")
-        if metadata is not None and not isinstance(metadata, Mapping):
-            raise InputError("filter 'metadata' must be an object (jsonb containment)")
-        return cls(
-            sources=_strings(value.get("sources", value.get("source")), "sources"),
-            metadata=dict(metadata) if metadata is not None else None,
-            date_from=_date(value.get("date_from"), "date_from"),
-            date_to=_date(value.get("date_to"), "date_to"),
-            patient_ids=_strings(value.get("patient_ids", value.get("patient_id")), "patient_ids"),
-        )
+            names = ", ".join(sorted(ascii(key)[:40] for key in unknown))
+            raise InputError(f"unknown filter(s) {names}; known: {', '.join(_FILTER_NAMES)}")
+        given: dict[str, Any] = {}
+        for key, item in value.items():
+            name = _ALIASES.get(key, key)
+            if name in given:
+                raise InputError(f"filter {name!r} is given twice (as {name} and {key})")
+            given[name] = item
+        return cls(**given)
 
     @property
     def active(self) -> bool:
@@ -66,27 +70,6 @@ class Filters:
             v is not None
             for v in (self.sources, self.metadata, self.date_from, self.date_to, self.patient_ids)
         )
-
-
-def _strings(value: object, name: str) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise InputError(f"filter {name!r} must be a string or a list of strings")
-
-
-def _date(value: object, name: str) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            raise InputError(f"filter {name!r} is not an ISO 8601 date: {value[:40]!r}") from None
-    raise InputError(f"filter {name!r} must be a datetime or an ISO 8601 string")
 
 
 @dataclass(frozen=True)

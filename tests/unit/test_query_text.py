@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
@@ -46,7 +46,7 @@ def test_filters_coerce_from_a_dict() -> None:
     )
     assert f.sources == ("notes",)
     assert f.metadata == {"a": 1}
-    assert f.date_from == datetime(2020, 1, 1)
+    assert f.date_from == datetime(2020, 1, 1, tzinfo=UTC)  # no time zone: UTC, as ingest reads it
     assert f.patient_ids == ("p1", "p2")
     assert f.active
     assert not Filters.coerce(None).active
@@ -54,7 +54,16 @@ def test_filters_coerce_from_a_dict() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"colour": "red"}, {"metadata": [1, 2]}, {"date_to": "yesterday"}, {"sources": [1]}, ["sources"]],
+    [
+        {"colour": "red"},
+        {"metadata": [1, 2]},
+        {"date_to": "yesterday"},
+        {"sources": [1]},
+        ["sources"],
+        {"source": "a", "sources": ["b"]},
+        {"patient_ids": "p\udcff"},
+        {"metadata": {"a": {1}}},
+    ],
 )
 def test_filters_coerce_rejects_bad_values(bad: object) -> None:
     with pytest.raises(InputError):
