@@ -69,31 +69,15 @@ def _lazy_defaults() -> dict[str, Any]:
 
 
 app.add_defaults(_lazy_defaults)
-_configured_with: dict[str, Any] | None = None
-
-
-def _drop_connections() -> None:
-    # What Celery's own after-fork hook resets: the connection pool and the producer pool built on it.
-    pool = app._pool
-    if pool is not None:
-        pool.force_close_all()
-    app._pool = None
-    amqp = app.__dict__.get("amqp")
-    if amqp is not None:
-        amqp._producer_pool = None
 
 
 def configure(settings: Settings) -> Celery:
     """Use ``settings`` (not the process environment) for this process's app; returns the app.
 
-    Reconfiguring with another broker closes the old connection pool.
+    Safe to call again with other settings: the enqueue helpers in ``workers.tasks`` open their
+    connections from the configuration current at the time, not from a pool made earlier.
     """
-    global _configured_with
-    config = celery_config(settings)
-    if _configured_with is not None and _configured_with.get("broker_url") != config.get("broker_url"):
-        _drop_connections()
-    app.conf.update(config)
-    _configured_with = config
+    app.conf.update(celery_config(settings))
     return app
 
 

@@ -10,63 +10,104 @@ import logging
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kombu.exceptions
-import psycopg
-from celery import signals
+from celery import Task, signals
+from celery.utils.time import get_exponential_backoff_interval
 
 from medpg.config import Settings, get_settings
 from medpg.db.engine import Database
 from medpg.embedding import Embedder, batched, reconcile, select_for_enqueue
-from medpg.errors import ConfigError, DatabaseError, SchemaMismatchError
+from medpg.errors import ConfigError, MedpgError, is_transient
 from workers.celery_app import EMBED_TASK, RECONCILE_TASK, app
+
+if TYPE_CHECKING:
+    from medpg.encoders import ArticleEncoder
 
 log = logging.getLogger(__name__)
 
-# Retried with exponential backoff: the database or the broker is unavailable for now.
-TRANSIENT = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    DatabaseError,
-    kombu.exceptions.OperationalError,
-    ConnectionError,
-)
-NOT_TRANSIENT = (SchemaMismatchError,)
+# The broker cannot be reached (publishing or asking for a queue's length).
 BROKER_ERRORS = (kombu.exceptions.OperationalError, ConnectionError, OSError)
 
-_state: dict[str, Any] = {}
+EncoderFactory = Callable[[Settings], "ArticleEncoder"]
+
+
+class PermanentTaskError(MedpgError):
+    """A task failed for a reason a retry cannot cure; it was not retried.
+
+    The message names the error type (and a medpg error's own message, which never quotes text);
+    other errors' messages are left out because a driver or tokenizer message may quote chunk text.
+    """
+
+
+class _ProcessState:
+    """What this worker process builds once: its settings, database handle and embedder."""
+
+    def __init__(self) -> None:
+        self.settings: Settings | None = None
+        self.db: Database | None = None
+        self.embedder: Embedder | None = None
+        self.encoder_factory: EncoderFactory | None = None
+
+    def forget_connections(self) -> None:
+        """Drop the database handle and the embedder (not the settings or the encoder factory)."""
+        if self.db is not None:
+            self.db.dispose()
+        self.db = None
+        self.embedder = None
+
+
+_process = _ProcessState()
+
+
+def use_settings(settings: Settings) -> None:
+    """Make this process's tasks use ``settings`` instead of the environment's.
+
+    Called before the worker starts (``medpg worker``): forked pool processes inherit it. The
+    database handle and embedder built from earlier settings are dropped.
+    """
+    _process.forget_connections()
+    _process.settings = settings
+
+
+def set_encoder_factory(factory: EncoderFactory | None) -> None:
+    """Supply the article encoder the embed task uses: ``factory(settings)`` is called on the first task.
+
+    ``None`` restores the default, ``medpg.encoders.load_article_encoder``. For tests and tools
+    that wrap or replace the configured encoder (for example to inject encoder faults) in a real
+    worker process; call it at import of the Celery app module given to ``celery -A``, or before
+    the worker forks.
+    """
+    _process.encoder_factory = factory
+    _process.embedder = None
 
 
 def _settings() -> Settings:
-    settings = _state.get("settings")
-    if settings is None:
-        settings = _state["settings"] = get_settings()
-    return settings
+    if _process.settings is None:
+        _process.settings = get_settings()
+    return _process.settings
 
 
 def _db() -> Database:
-    db = _state.get("db")
-    if db is None:
-        db = _state["db"] = Database(_settings())
-    return db
+    if _process.db is None:
+        _process.db = Database(_settings())
+    return _process.db
 
 
 def embedder() -> Embedder:
     """This process's Embedder; the model loads on its first use, not at import or fork."""
-    emb = _state.get("embedder")
-    if emb is None:
-        emb = _state["embedder"] = Embedder(_db(), _settings())
-    return emb
+    if _process.embedder is None:
+        factory = _process.encoder_factory
+        encoder = factory(_settings()) if factory is not None else None
+        _process.embedder = Embedder(_db(), _settings(), encoder=encoder)
+    return _process.embedder
 
 
 @signals.worker_process_init.connect
 def _fresh_process(**_: object) -> None:
     # A forked pool process must not share its parent's database connections.
-    db = _state.pop("db", None)
-    if db is not None:
-        db.dispose()
-    _state.pop("embedder", None)
+    _process.forget_connections()
 
 
 @signals.worker_init.connect
@@ -83,24 +124,53 @@ def _require_broker(**_: object) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# retries: transient errors only (medpg.errors.is_transient), with exponential backoff and jitter
+
+
+def retry_or_fail(task: Task, exc: Exception, what: str, *, backoff_max: int) -> BaseException:
+    """The exception a failed task raises: a Celery retry if ``exc`` is transient, else a permanent failure.
+
+    A permanent failure is logged once (its type and ``what``, ids only) and not retried: the
+    message is acknowledged and the task fails at once. Use as ``raise retry_or_fail(...) from exc``.
+    """
+    if is_transient(exc):
+        countdown = get_exponential_backoff_interval(
+            factor=1, retries=task.request.retries, maximum=backoff_max, full_jitter=True
+        )
+        retry: BaseException = task.retry(exc=exc, countdown=countdown, throw=False)
+        return retry
+    description = describe_error(exc)
+    log.error("%s failed permanently, not retried: %s", what, description)
+    return PermanentTaskError(f"{what}: {description}")
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error as ``Type: message`` for medpg errors (their messages quote no text), else its type only."""
+    name = type(exc).__name__
+    if isinstance(exc, MedpgError):
+        return f"{name}: {exc}"
+    sqlstate = getattr(exc, "sqlstate", None)
+    return f"{name} (SQLSTATE {sqlstate})" if sqlstate else name
+
+
+# --------------------------------------------------------------------------------------------------
 # tasks
 
 
-@app.task(
-    name=EMBED_TASK,
-    acks_late=True,
-    autoretry_for=TRANSIENT,
-    dont_autoretry_for=NOT_TRANSIENT,
-    retry_backoff=1,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=20,
-)
-def embed_chunks(chunk_ids: list[int]) -> dict[str, int]:
-    """Embed these chunks if they still need it; schedule a backoff retry for chunks the encoder failed on."""
-    result = embedder().embed_ids(chunk_ids)
-    if result.retry:
-        schedule_retries(result.retry, _settings(), _db())
+@app.task(name=EMBED_TASK, bind=True, acks_late=True, max_retries=20)
+def embed_chunks(self: Task, chunk_ids: list[int]) -> dict[str, int]:
+    """Embed these chunks if they still need it; schedule a backoff retry for chunks the encoder failed on.
+
+    A transient error (database or broker unavailable) retries the whole task with backoff; any
+    other error fails it at once, recorded with the chunk ids (encoder errors of single chunks are
+    not task errors: the embedder records them on the chunk and they are retried per chunk).
+    """
+    try:
+        result = embedder().embed_ids(chunk_ids)
+        if result.retry:
+            schedule_retries(result.retry, _settings(), _db())
+    except Exception as exc:
+        raise retry_or_fail(self, exc, f"embedding chunks {_ids(chunk_ids)}", backoff_max=300) from None
     return {
         "claimed": result.claimed,
         "written": len(result.written),
@@ -110,21 +180,20 @@ def embed_chunks(chunk_ids: list[int]) -> dict[str, int]:
     }
 
 
-@app.task(
-    name=RECONCILE_TASK,
-    autoretry_for=TRANSIENT,
-    dont_autoretry_for=NOT_TRANSIENT,
-    retry_backoff=1,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=3,
-)
-def reconcile_task(include_recent: bool | None = None) -> dict[str, Any]:
+@app.task(name=RECONCILE_TASK, bind=True, max_retries=3)
+def reconcile_task(self: Task, include_recent: bool | None = None) -> dict[str, Any]:
     """Enqueue every chunk that still needs a vector (beat runs this periodically).
 
     Chunks enqueued less than a lease ago are left out while the embed queue holds messages
     (a backlog, not a loss); an empty queue means their messages are gone, so all are enqueued.
     """
+    try:
+        return _reconcile(include_recent)
+    except Exception as exc:
+        raise retry_or_fail(self, exc, "reconcile", backoff_max=60) from None
+
+
+def _reconcile(include_recent: bool | None) -> dict[str, Any]:
     settings = _settings()
     if include_recent is None:
         depth = queue_length(settings.embed_queue)
@@ -139,6 +208,13 @@ def reconcile_task(include_recent: bool | None = None) -> dict[str, Any]:
     return {"enqueued": report.enqueued, "skipped": report.skipped, "switched_model": report.switched_model}
 
 
+def _ids(chunk_ids: Sequence[int]) -> str:
+    """Chunk ids for a log line: all of them up to a claim's worth, else the first ones and a count."""
+    ids = sorted(chunk_ids)
+    shown = ", ".join(str(i) for i in ids[:64])
+    return f"[{shown}]" if len(ids) <= 64 else f"[{shown}, ... {len(ids)} in all]"
+
+
 # --------------------------------------------------------------------------------------------------
 # enqueueing (used by tasks, the CLI and the API)
 
@@ -149,7 +225,9 @@ def send_chunks(
     """Publish embed messages for ``ids`` (groups of MEDPG_EMBED_CLAIM_SIZE); returns messages sent."""
     sent = 0
     policy = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
-    with app.producer_or_acquire() as producer:
+    # A connection of the broker configured now, not the app's pool: a process that is pointed at
+    # another broker (``configure_from``) needs no pool reset.
+    with app.connection_for_write() as conn, app.amqp.Producer(conn) as producer:
         for group in batched(list(ids), settings.embed_claim_size):
             embed_chunks.apply_async(
                 (group,),
@@ -235,12 +313,19 @@ def configure_from(settings: Settings) -> None:
 
 
 __all__ = [
+    "BROKER_ERRORS",
+    "PermanentTaskError",
     "after_commit_hook",
+    "configure_from",
+    "describe_error",
     "embed_chunks",
     "embedder",
     "enqueue_documents",
     "queue_length",
     "reconcile_task",
+    "retry_or_fail",
     "schedule_retries",
     "send_chunks",
+    "set_encoder_factory",
+    "use_settings",
 ]

@@ -10,10 +10,11 @@ from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from medpg.config import Settings, get_settings
 from medpg.db.engine import Database
-from medpg.errors import MedpgError
+from medpg.errors import MedpgError, is_transient
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -24,17 +25,27 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Report MedpgError as ``error: ...`` on stderr and exit with its code; no traceback."""
+    """Report MedpgError as one ``error: ...`` line on stderr and exit with its code; no traceback.
+
+    A transient error (``medpg.errors.is_transient``: the database is unavailable for now) says
+    that trying again may help.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except MedpgError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            err_console.print(error_line(exc), markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
+
+
+def error_line(exc: MedpgError) -> str:
+    """The one line (rich markup) the CLI prints for ``exc``."""
+    hint = " (transient: try again)" if is_transient(exc) else ""
+    return f"[bold red]error:[/] {escape(str(exc))}{hint}"
 
 
 def settings() -> Settings:

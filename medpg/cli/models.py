@@ -7,7 +7,6 @@ answers at once without network. ``download`` is the one command that reaches th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import typer
 from rich.table import Table
@@ -17,29 +16,27 @@ from medpg.config import Settings
 from medpg.encoders import hub
 from medpg.encoders.profiles import profile_models
 from medpg.errors import ConfigError, ModelNotAvailableError
+from medpg.vocabulary import MODEL_PROFILES, ModelProfile
 
 app = typer.Typer(no_args_is_help=True, help="Check and download the models of a profile.")
 
-ProfileName = Literal["medcpt", "minilm", "sentence-transformers"]
-STOCK_PROFILES: tuple[ProfileName, ...] = ("medcpt", "minilm")
+STOCK_PROFILES: tuple[ModelProfile, ...] = ("medcpt", "minilm")
 _ROLE_LABEL = {"query": "query encoder", "article": "article encoder", "cross": "cross-encoder"}
 
 
-def stock_settings(configured: Settings, profile: ProfileName) -> Settings:
-    """``configured`` with ``profile`` and that profile's own models (no overrides)."""
-    return configured.model_copy(
-        update={
-            "model_profile": profile,
-            "query_model": None,
-            "article_model": None,
-            "cross_encoder_model": None,
-            "embedding_dim": None,
-            "similarity": None,
-        }
+def stock_settings(configured: Settings, profile: ModelProfile) -> Settings:
+    """``configured`` with ``profile`` and that profile's own models (no overrides), validated."""
+    return configured.with_changes(
+        model_profile=profile,
+        query_model=None,
+        article_model=None,
+        cross_encoder_model=None,
+        embedding_dim=None,
+        similarity=None,
     )
 
 
-def settings_for(configured: Settings, profile: ProfileName | None) -> Settings:
+def settings_for(configured: Settings, profile: ModelProfile | None) -> Settings:
     """The configured settings for the configured profile, the stock ones for another profile."""
     if profile is None or profile == configured.model_profile:
         return configured
@@ -54,30 +51,44 @@ def _where(location: hub.ModelLocation, profile: str, role: hub.Role) -> str:
     return f"missing ({location.detail}) — {hub.how_to_get(role, profile)}"
 
 
+def _models_or_error(cfg: Settings | ConfigError) -> dict[hub.Role, str | None] | ConfigError:
+    """The profile's model per role, or why these settings cannot name them."""
+    if isinstance(cfg, ConfigError):
+        return cfg
+    try:
+        return profile_models(cfg)
+    except ConfigError as exc:
+        return exc
+
+
 @app.command()
 @handle_errors
 def check() -> None:
     """Show, per profile and role, each model and where it was found (or how to get it)."""
     configured = settings()
-    rows: list[tuple[str, Settings]] = []
+    rows: list[tuple[str, str, Settings | ConfigError]] = []  # (label, profile, its settings)
     for name in STOCK_PROFILES:
-        stock = stock_settings(configured, name)
-        is_configured = name == configured.model_profile and profile_models(stock) == profile_models(
-            configured
+        try:
+            stock: Settings | ConfigError = stock_settings(configured, name)
+        except ConfigError as exc:  # the configured chunking does not fit this profile's defaults
+            stock = exc
+        is_configured = (
+            name == configured.model_profile
+            and isinstance(stock, Settings)
+            and profile_models(stock) == profile_models(configured)
         )
-        rows.append((f"{name} (configured)" if is_configured else name, stock))
-    if not any(label.endswith("(configured)") for label, _ in rows):
-        rows.append((f"{configured.model_profile} (configured)", configured))
+        rows.append((f"{name} (configured)" if is_configured else name, name, stock))
+    if not any(label.endswith("(configured)") for label, _, _ in rows):
+        rows.append((f"{configured.model_profile} (configured)", configured.model_profile, configured))
 
     table = Table(title="medpg models", show_lines=True)
     for column in ("profile", "role", "model", "where"):
         table.add_column(column, overflow="fold")
     missing_configured = 0
-    for label, cfg in rows:
-        try:
-            models = profile_models(cfg)
-        except ConfigError as exc:
-            table.add_row(label, "—", "—", f"not usable: {exc}")
+    for label, profile, cfg in rows:
+        models = _models_or_error(cfg)
+        if isinstance(models, ConfigError):
+            table.add_row(label, "—", "—", f"not usable: {models}")
             missing_configured += label.endswith("(configured)")
             continue
         for role, model in models.items():
@@ -85,7 +96,7 @@ def check() -> None:
                 table.add_row(label, _ROLE_LABEL[role], "—", f"off (set {hub.ROLE_SETTING[role]} to enable)")
                 continue
             location = hub.locate_model(model)
-            table.add_row(label, _ROLE_LABEL[role], model, _where(location, cfg.model_profile, role))
+            table.add_row(label, _ROLE_LABEL[role], model, _where(location, profile, role))
             if label.endswith("(configured)") and not location.available:
                 missing_configured += 1
     console.print(table)
@@ -104,8 +115,8 @@ def download(
     ),
 ) -> None:
     """Fetch the models of a profile into the Hugging Face cache (needs hub access)."""
-    if profile is not None and profile not in ("medcpt", "minilm", "sentence-transformers"):
-        raise ConfigError(f"unknown profile {profile!r}; choose medcpt, minilm or sentence-transformers")
+    if profile is not None and profile not in MODEL_PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose {', '.join(MODEL_PROFILES)}")
     cfg = settings_for(settings(), profile)  # type: ignore[arg-type]
     roles: dict[str, list[str]] = {}
     for role, model in profile_models(cfg).items():
