@@ -107,12 +107,17 @@ def parse_csv_map(spec: str | None) -> dict[str, str]:
     return mapping
 
 
-def read_rows(path: Path, fmt: Format, csv_map: str | None, limit: int) -> Iterator[ReadRow]:
-    """Every non-blank row of ``path`` in file order; ``limit`` is MEDPG_MAX_DOCUMENT_BYTES."""
+def read_rows(
+    path: Path, fmt: Format, csv_map: str | None, limit: int, *, log_text: bool = False
+) -> Iterator[ReadRow]:
+    """Every non-blank row of ``path`` in file order; ``limit`` is MEDPG_MAX_DOCUMENT_BYTES.
+
+    ``log_text`` (MEDPG_LOG_TEXT) lets messages show what the file holds, such as its header.
+    """
     kind = detect_format(path) if fmt == "auto" else fmt
     if kind == "jsonl":
         return read_jsonl(path, limit)
-    return read_csv(path, parse_csv_map(csv_map), limit)
+    return read_csv(path, parse_csv_map(csv_map), limit, log_text=log_text)
 
 
 def read_jsonl(path: Path, limit: int) -> Iterator[ReadRow]:
@@ -153,6 +158,8 @@ class _Lines:
         self._fh = iter(fh)
         self.count = 0
         self.bad: list[int] = []
+        #: Whether the first line looks like JSON (a JSON Lines file read as CSV).
+        self.json_like = False
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -160,8 +167,9 @@ class _Lines:
     def __next__(self) -> str:
         raw = next(self._fh)
         self.count += 1
-        if self.count == 1 and raw.startswith(BOM):
-            raw = raw[len(BOM) :]
+        if self.count == 1:
+            raw = raw[len(BOM) :] if raw.startswith(BOM) else raw
+            self.json_like = raw.lstrip().startswith((b"{", b"["))
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -169,7 +177,7 @@ class _Lines:
             return raw.decode("utf-8", errors="replace")
 
 
-def read_csv(path: Path, mapping: dict[str, str], limit: int) -> Iterator[ReadRow]:
+def read_csv(path: Path, mapping: dict[str, str], limit: int, *, log_text: bool = False) -> Iterator[ReadRow]:
     """CSV (or TSV by extension) with a header; unmapped non-empty columns become metadata."""
     csv.field_size_limit(_field_limit(limit))
     dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
@@ -179,7 +187,7 @@ def read_csv(path: Path, mapping: dict[str, str], limit: int) -> Iterator[ReadRo
         # silently swallowed the rest of it.
         reader = csv.reader(lines, dialect=dialect, strict=True)
         header = _read_header(path, reader, lines)
-        _check_header(path, header, mapping)
+        _check_header(path, header, mapping, log_text, json_like=lines.json_like)
         keys = {k: mapping[k] for k in ("text", "title", "patient_id", "date")}
         mapped = set(mapping.values())
         while True:
@@ -204,10 +212,11 @@ def _field_limit(limit: int) -> int:
 
 
 def _read_header(path: Path, reader: Iterator[list[str]], lines: _Lines) -> list[str]:
+    hint = " (the first line looks like JSON: pass --format jsonl)"
     try:
         header = next(reader, [])
     except csv.Error as exc:
-        raise InputError(f"{path}:1: malformed CSV header: {exc}") from None
+        raise InputError(f"{path}:1: malformed CSV header: {exc}{hint if lines.json_like else ''}") from None
     if lines.bad:
         raise InputError(f"{path}:{lines.bad[0]}: invalid UTF-8 in the CSV header")
     return header
@@ -227,7 +236,9 @@ def _raise_if_unrecoverable(path: Path, start: int, exc: csv.Error, limit: int) 
         ) from None
 
 
-def _check_header(path: Path, header: Sequence[str], mapping: Mapping[str, str]) -> None:
+def _check_header(
+    path: Path, header: Sequence[str], mapping: Mapping[str, str], log_text: bool, *, json_like: bool
+) -> None:
     duplicated = [name for name, n in Counter(header).items() if n > 1]
     if duplicated:
         raise InputError(
@@ -236,9 +247,16 @@ def _check_header(path: Path, header: Sequence[str], mapping: Mapping[str, str])
         )
     missing = [mapping[k] for k in ("id", "text") if mapping[k] not in header]
     if missing:
+        # The "header" of a file that is not CSV is its first row of data: counted, not shown.
+        shown = f"; columns: {', '.join(header)}" if log_text else ""
         raise InputError(
             f"{path}:1: the CSV header has no column {', '.join(repr(m) for m in missing)} "
-            f"(columns: {', '.join(header)}); map them with --csv-map id=COLUMN,text=COLUMN"
+            f"(it has {len(header)} column(s){shown}); "
+            + (
+                "the first line looks like JSON: pass --format jsonl"
+                if json_like
+                else "map them with --csv-map id=COLUMN,text=COLUMN"
+            )
         )
 
 

@@ -4,8 +4,8 @@ Validation is the whole of what medpg accepts as a document: an id, a text (or a
 title), sizes under MEDPG_MAX_DOCUMENT_BYTES, no NUL bytes (PostgreSQL text cannot store them),
 metadata as an object, an ISO 8601 date, each id once per file, and PostgreSQL's own limits
 (index entries, the tsvector size, the dates psycopg can read back), so that the database never
-refuses a row validation accepted. Messages never quote document text, only field names, sizes
-and positions.
+refuses a row validation accepted. Messages never quote document text or values, only field
+names, sizes and positions (``excerpt``: MEDPG_LOG_TEXT allows a short excerpt).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import orjson
 
 from medpg.config import Settings
 from medpg.errors import InputError
+from medpg.ingest.excerpt import excerpt
 from medpg.ingest.readers import Format, RawRow, default_source, read_rows, resolve_input
 
 # A btree index entry holds at most ~2704 bytes (a third of an 8 KB page, less headers), and
@@ -90,12 +91,14 @@ class Limits:
 
     document_bytes: int
     id_bytes: int = KEY_BYTES - SOURCE_BYTES
+    #: MEDPG_LOG_TEXT: messages may show a short excerpt of a refused value.
+    log_text: bool = False
 
     @classmethod
     def for_source(cls, settings: Settings, source: str) -> Limits:
         """The limits for rows stored under ``source`` (InputError when the name itself cannot be)."""
         check_source(source)
-        return cls(settings.max_document_bytes, KEY_BYTES - len(source.encode()))
+        return cls(settings.max_document_bytes, KEY_BYTES - len(source.encode()), settings.log_text)
 
 
 def check_source(source: str) -> None:
@@ -131,7 +134,7 @@ def read_records(
     path = resolve_input(path)
     limits = Limits.for_source(settings, source if source is not None else default_source(path))
     seen: dict[str, int] = {}
-    for line_no, raw in read_rows(path, fmt, csv_map, limits.document_bytes):
+    for line_no, raw in read_rows(path, fmt, csv_map, limits.document_bytes, log_text=limits.log_text):
         item = validate_row(path, line_no, raw, limits)
         if isinstance(item, Record) and text_vector_check is not None:
             item = _check_text_vector(path, item, text_vector_check)
@@ -139,9 +142,16 @@ def read_records(
             first = seen.setdefault(item.external_id, line_no)
             if first != line_no:
                 item = RowError(
-                    str(path), line_no, f"duplicate id {item.external_id!r} (first seen on line {first})"
+                    str(path),
+                    line_no,
+                    f"duplicate id in field {_id_key(raw)!r} (first seen on line {first})"
+                    f"{excerpt(item.external_id, limits.log_text)}",
                 )
         yield item
+
+
+def _id_key(raw: RawRow | str) -> str:
+    return raw.id_key if isinstance(raw, RawRow) else "id"
 
 
 def validate_row(path: Path, line: int, raw: RawRow | str, limits: Limits | int) -> Record | RowError:
@@ -188,7 +198,7 @@ def _record(raw: RawRow, line: int, limits: Limits) -> Record:
     patient = _text(obj, keys["patient_id"], required=False, limit=limit)
     if patient:
         _within_index_limit(patient, keys["patient_id"], PATIENT_ID_BYTES, "its index")
-    date = _date(obj, keys["date"], limit)
+    date = _date(obj, keys["date"], limits)
     return Record(line, external_id, title, body, metadata, patient or None, date)
 
 
@@ -250,14 +260,15 @@ def _nul_free(value: Any, where: str) -> None:
             _nul_free(v, where)
 
 
-def _date(obj: dict[str, Any], key: str, limit: int) -> datetime | None:
-    raw_date = _text(obj, key, required=False, limit=limit)
+def _date(obj: dict[str, Any], key: str, limits: Limits) -> datetime | None:
+    raw_date = _text(obj, key, required=False, limit=limits.document_bytes)
     if not raw_date:
         return None
     try:
         parsed = datetime.fromisoformat(raw_date)
     except ValueError:
-        raise _BadRow(f"field {key!r} is not an ISO 8601 date: {raw_date[:40]!r}") from None
+        # A mis-mapped column puts note text here: the value is shown only under MEDPG_LOG_TEXT.
+        raise _BadRow(f"field {key!r} is not an ISO 8601 date{excerpt(raw_date, limits.log_text)}") from None
     _in_stored_range(parsed, key)
     return parsed
 

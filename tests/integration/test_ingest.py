@@ -131,7 +131,7 @@ GOOD = [orjson.dumps({"_id": f"d{i}", "title": f"T{i}", "text": f"Body number {i
         (b'{"_id": "x", "text": "nul \\u0000 byte"}', "NUL byte"),
         (b'{"_id": "x", "text": "bad \xff\xfe utf-8"}', "invalid UTF-8"),
         (b'{"_id": "x", "text": "' + b"a" * 5000 + b'"}', "over the size limit|over the limit"),
-        (b'{"_id": "d1", "text": "duplicate"}', "duplicate id 'd1' \\(first seen on line 2\\)"),
+        (b'{"_id": "d1", "text": "duplicate"}', "duplicate id in field '_id' \\(first seen on line 2\\)"),
         (b'{"_id": "x", "text": "t", "metadata": [1]}', "'metadata' must be an object"),
         (b'{"_id": "x", "text": "t", "date": "yesterday"}', "not an ISO 8601 date"),
         (b'["not", "an", "object"]', "expected a JSON object"),

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from medpg.config import Settings
+from medpg.errors import InputError
 from medpg.ingest import Record, RowError, read_records
 
 
@@ -53,3 +54,44 @@ def test_dates_at_the_edges_of_the_range_are_kept(
 ) -> None:
     (item,) = _rows(tmp_path, make_settings(), [{"_id": "a", "text": "t", "date": date}])
     assert isinstance(item, Record), item
+
+
+# Failure 6: refusals quoted document text (a mis-mapped date column printed each note's start).
+NOTE = "Patient John Smith, MRN 445566, HIV positive, seen for follow-up."
+
+
+def test_a_mis_mapped_date_column_does_not_print_the_note(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    path = tmp_path / "notes.csv"
+    path.write_text(f'id,text\nn1,"{NOTE}"\n', encoding="utf-8")
+    csv_map = "id=id,text=text,date=text"
+    [err] = list(read_records(path, make_settings(), csv_map=csv_map))
+    assert isinstance(err, RowError) and (err.line, "'text'") == (2, "'text'")
+    assert "not an ISO 8601 date" in err.message and "Patient" not in err.message
+    # MEDPG_LOG_TEXT=true allows a short excerpt
+    [shown] = list(read_records(path, make_settings(log_text=True), csv_map=csv_map))
+    assert isinstance(shown, RowError) and "Patient John" in shown.message and NOTE not in shown.message
+
+
+def test_a_json_lines_file_read_as_csv_does_not_print_its_first_line(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    path = tmp_path / "notes.jsonl"
+    path.write_bytes(orjson.dumps({"_id": "n1", "text": NOTE}) + b"\n")
+    with pytest.raises(InputError) as exc:
+        list(read_records(path, make_settings(), fmt="csv"))
+    assert "notes.jsonl:1:" in str(exc.value) and "pass --format jsonl" in str(exc.value)
+    for word in ("Patient", "445566", "HIV", "n1"):
+        assert word not in str(exc.value)
+
+
+def test_duplicate_ids_are_named_by_line_not_value(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    rows = [{"_id": "MRN-445566", "text": "a"}, {"_id": "MRN-445566", "text": "b"}]
+    [_, err] = _rows(tmp_path, make_settings(), rows)
+    assert isinstance(err, RowError) and err.message.startswith(
+        "duplicate id in field '_id' (first seen on line 1)"
+    )
+    assert "445566" not in err.message
