@@ -20,7 +20,8 @@ def upgrade() -> None:
     op.execute(
         """
         CREATE TABLE medpg.chunking_queue (
-            document_id bigint      PRIMARY KEY REFERENCES medpg.documents (id) ON DELETE CASCADE,
+            document_id bigint      PRIMARY KEY
+                        REFERENCES medpg.documents (id) ON DELETE CASCADE ON UPDATE CASCADE,
             queued_at   timestamptz NOT NULL DEFAULT now()
         )
         """
