@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -343,9 +344,18 @@ def _document_row(r: Record, hashes: dict[str, bytes]) -> tuple[Any, ...]:
         r.body,
         orjson.dumps(r.metadata).decode(),
         r.patient_id,
-        r.document_date,
+        _as_stored(r.document_date),
         hashes[r.external_id],
     )
+
+
+def _as_stored(date: datetime | None) -> datetime | None:
+    """An offset date as the UTC instant PostgreSQL stores anyway.
+
+    PostgreSQL refuses offsets past +-15:59:59 and fractional-second offsets that Python accepts
+    ("+20:00"); the instant is the same, and the content hash keeps the date as written.
+    """
+    return date.astimezone(UTC) if date is not None and date.tzinfo is not None else date
 
 
 def _row_fault(exc: psycopg.Error) -> bool:

@@ -7,6 +7,7 @@ import re
 import secrets
 import string
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,14 @@ def test_a_row_refused_by_the_database_is_named_and_the_committed_lines_are_told
     report = ingest_file(db, db.settings, path, progress=False, skip_invalid=True)
     assert [e.line for e in report.skipped] == [poison_line]
     assert _ids(db) == {r["_id"] for r in rows} - {"bad"}
+
+
+@pytest.mark.parametrize("date", ["2024-01-01T00:00:00+20:00", "2024-01-01T00:00:00+15:59:59.5"])
+def test_offsets_python_accepts_and_postgresql_does_not_are_stored_as_utc(
+    db: Database, tmp_path: Path, date: str
+) -> None:
+    path = _write(tmp_path / "offsets.jsonl", [{"_id": "a", "text": "t", "date": date}])
+    assert ingest_file(db, db.settings, path, progress=False).inserted == 1
+    with db.connect() as conn:
+        stored = conn.execute("SELECT document_date FROM medpg.documents").fetchone()
+    assert stored is not None and stored[0] == datetime.fromisoformat(date)
