@@ -1,15 +1,23 @@
 """Sentence-transformers encoders: any bi-encoder and any cross-encoder chosen by configuration.
 
-Pooling, normalization and dimension come from the model itself (SentenceTransformer runs its
-own modules). medpg adds optional query/document prefixes (BGE/E5 style, passed as the model's
-prompt so prompt-aware pooling works), its token limits, token-budget batches, half precision on
-GPUs, and a temperature on cross-encoder logits.
+The library's own contract is used: ``SentenceTransformer.encode_query`` / ``encode_document``
+(so a model's own query/document prompts and asymmetric routing apply), ``CrossEncoder.rank``.
+Pooling, normalization and dimension come from the model itself. medpg adds optional explicit
+query/document prefixes (MEDPG_QUERY_PREFIX / MEDPG_DOCUMENT_PREFIX, BGE/E5 style, passed as
+``prompt=`` so prompt-aware pooling works and they win over the model's own prompts), its token
+limits, token-budget batches, half precision on GPUs, and a temperature on cross-encoder logits.
+
+Works with sentence-transformers 5.0 and later: truncation is set with ``max_seq_length`` (not
+6.0's per-call ``processing_kwargs``), under a lock because the query and article roles share
+one loaded model with different limits.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -21,7 +29,6 @@ from medpg.encoders.base import (
     check_lengths,
     check_profile_dimension,
     document_text,
-    sort_scores,
 )
 from medpg.encoders.batching import token_budget_batches
 from medpg.encoders.device import inference_dtype
@@ -45,14 +52,37 @@ def _locate(spec: EncoderSpec) -> tuple[ModelLocation, bool]:
     return location, location.available
 
 
+@dataclass(frozen=True)
+class _SharedModel:
+    """One loaded SentenceTransformer shared by the query and article roles.
+
+    ``max_seq_length`` is the model's own input limit, read at load (roles then set their own);
+    ``lock`` guards setting a role's limit together with the encode that uses it.
+    """
+
+    model: Any
+    max_seq_length: int | None
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
+
+
 @lru_cache(maxsize=4)
-def _load_bi_encoder(model: str, device: str, local_only: bool) -> Any:
+def _load_bi_encoder(model: str, device: str, local_only: bool) -> _SharedModel:
     # Keyed without the role so the query and article encoders share one copy of the model.
     from sentence_transformers import SentenceTransformer
 
     with quiet_loading():
         st = SentenceTransformer(model, device=device, local_files_only=local_only)
-    return st.to(inference_dtype(device)).eval()
+    st = st.to(inference_dtype(device)).eval()
+    return _SharedModel(st, st.max_seq_length)
+
+
+def _embedding_dimension(model: Any) -> int | None:
+    """The model's output dimension: ``get_embedding_dimension`` (6.0+) or its 5.x name."""
+    getter = getattr(type(model), "get_embedding_dimension", None)
+    if getter is None:
+        getter = type(model).get_sentence_embedding_dimension
+    value = getter(model)
+    return int(value) if value else None
 
 
 @lru_cache(maxsize=4)
@@ -76,19 +106,24 @@ class _STBiEncoder:
         self.spec = spec
         location, local_only = _locate(spec)
         try:
-            self.model = _load_bi_encoder(spec.model, spec.device, local_only)
+            self._shared = _load_bi_encoder(spec.model, spec.device, local_only)
         except (OSError, ValueError) as exc:
             raise _not_available(spec, exc) from None
+        self.model = self._shared.model
         self.model_name = model_identity(location if location.available else locate_model(spec.model))
-        dimension = self.model.get_embedding_dimension()
+        dimension = _embedding_dimension(self.model)
         if not dimension:
             raise ConfigError(f"cannot tell the output dimension of {spec.model!r}; is it a text embedder?")
-        self.dimension = int(dimension)
+        self.dimension = dimension
         self.similarity = spec.similarity
         check_profile_dimension(self.dimension, spec.dimension, spec.model)
-        model_limit = self.model.max_seq_length or spec.max_tokens
+        model_limit = self._shared.max_seq_length or spec.max_tokens
         self.max_tokens = min(int(model_limit), spec.max_tokens)
         log.info("loaded %s model %s on %s", spec.role, self.model_name, spec.device)
+
+    def _run(self, texts: list[str], prompt: str | None) -> np.ndarray:
+        """One batch through the role's sentence-transformers method (``encode_query`` / ``encode_document``)."""
+        raise NotImplementedError
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -102,16 +137,19 @@ class _STBiEncoder:
         ]
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         for batch in token_budget_batches(lengths, self.spec.batch_size, self.spec.max_tokens_per_batch):
-            out[batch] = self.model.encode(
-                [texts[i] for i in batch],
-                prompt=prefix or None,
-                batch_size=len(batch),
-                convert_to_numpy=True,
-                normalize_embeddings=self.similarity == "cosine",
-                show_progress_bar=False,
-                processing_kwargs={"text": {"max_length": self.max_tokens}},
-            ).astype(np.float32, copy=False)
+            with self._shared.lock:
+                self.model.max_seq_length = self.max_tokens  # this role's truncation (MEDPG_*_MAX_TOKENS)
+                vectors = self._run([texts[i] for i in batch], prefix or None)
+            out[batch] = vectors.astype(np.float32, copy=False)
         return out
+
+    def _options(self, batch_size: int) -> dict[str, Any]:
+        return {
+            "batch_size": batch_size,
+            "convert_to_numpy": True,
+            "normalize_embeddings": self.similarity == "cosine",
+            "show_progress_bar": False,
+        }
 
 
 class STQueryEncoder(_STBiEncoder):
@@ -121,6 +159,10 @@ class STQueryEncoder(_STBiEncoder):
         """One float32 row per query, in input order."""
         return self._encode(list(queries))
 
+    def _run(self, texts: list[str], prompt: str | None) -> np.ndarray:
+        vectors: np.ndarray = self.model.encode_query(texts, prompt=prompt, **self._options(len(texts)))
+        return vectors
+
 
 class STArticleEncoder(_STBiEncoder):
     """Documents as ``document_prefix + "title. text"``; normalized when the similarity is cosine."""
@@ -129,6 +171,10 @@ class STArticleEncoder(_STBiEncoder):
         """One float32 row per document, in input order."""
         check_lengths(titles, texts)
         return self._encode([document_text(t, x) for t, x in zip(titles, texts, strict=True)])
+
+    def _run(self, texts: list[str], prompt: str | None) -> np.ndarray:
+        vectors: np.ndarray = self.model.encode_document(texts, prompt=prompt, **self._options(len(texts)))
+        return vectors
 
 
 class STCrossEncoder:
@@ -155,13 +201,12 @@ class STCrossEncoder:
 
         if not candidates:
             return []
-        pairs = [(query, document_text(c.title, c.text)) for c in candidates]
-        logits = self.model.predict(
-            pairs,
+        ranked = self.model.rank(
+            query,
+            [document_text(c.title, c.text) for c in candidates],
             batch_size=self.spec.batch_size,
             activation_fn=torch.nn.Identity(),
-            convert_to_numpy=True,
             show_progress_bar=False,
         )
-        scores = (np.asarray(logits, dtype=np.float32).reshape(-1) / self.spec.temperature).tolist()
-        return sort_scores([c.id for c in candidates], scores)
+        logits = np.asarray([r["score"] for r in ranked], dtype=np.float32) / self.spec.temperature
+        return [(candidates[int(r["corpus_id"])].id, float(s)) for r, s in zip(ranked, logits, strict=True)]
