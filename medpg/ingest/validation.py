@@ -21,8 +21,8 @@ import orjson
 
 from medpg.config import Settings
 from medpg.errors import InputError
-from medpg.ingest.excerpt import excerpt
 from medpg.ingest.readers import Format, RawRow, default_source, read_rows, resolve_input
+from medpg.privacy import excerpt
 
 # A btree index entry holds at most ~2704 bytes (a third of an 8 KB page, less headers), and
 # PostgreSQL compresses a value before that check, so whether a long value fits depends on its

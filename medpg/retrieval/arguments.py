@@ -3,11 +3,11 @@
 One function per kind of value: counts (``k``, ``candidates``), filter strings, metadata (JSON
 only, nested at most ``MAX_METADATA_DEPTH`` levels), dates and the query embedding. Messages name
 the argument and the kind of problem, never the value: filter values are often patient ids (PHI).
-The same limits are enforced again by the SQL functions (``medpg.check_count`` and friends in
+The same limits are enforced again by the SQL functions (``medpg.check_range`` and friends in
 ``migrations/sql/idempotent/030_lexical_search.sql``), which raise SQLSTATE 22023.
 
-``shown`` is the one place that decides whether query text may appear in a message or a log line
-(``MEDPG_LOG_TEXT``).
+Whether query text may appear in a message or a log line is ``medpg.privacy.shown``
+(``MEDPG_LOG_TEXT``), shared with ingest.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from medpg.errors import InputError
+from medpg.privacy import shown
 
 #: The most documents one search returns.
 MAX_K = 1000
@@ -30,17 +31,6 @@ MAX_CANDIDATES = 10_000
 MAX_METADATA_DEPTH = 32
 #: Integers in a metadata filter must fit a signed 64-bit integer (what JSON tools agree on).
 _INT64 = (-(2**63), 2**63 - 1)
-
-
-def shown(text: str, *, log_text: bool, limit: int = 80) -> str:
-    """``text`` (quoted, cut to ``limit``) when MEDPG_LOG_TEXT allows it, else a placeholder.
-
-    Query and document text may hold patient data: it goes into messages and logs only when the
-    operator turned ``log_text`` on.
-    """
-    if not log_text:
-        return "<text hidden; set MEDPG_LOG_TEXT=1 to show>"
-    return ascii(text[:limit] + ("…" if len(text) > limit else ""))
 
 
 def integer(value: object, name: str, low: int, high: int) -> int:

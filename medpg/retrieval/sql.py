@@ -19,7 +19,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from medpg.errors import DatabaseError, InputError
-from medpg.retrieval.arguments import shown
+from medpg.privacy import shown
 from medpg.retrieval.types import Filters
 
 
