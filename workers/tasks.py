@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,8 @@ class _ProcessState:
         self.db: Database | None = None
         self.embedder: Embedder | None = None
         self.encoder_factory: EncoderFactory | None = None
+        # When this process last ran a reconcile (its own or the beat's); see reconcile_if_due.
+        self.last_reconcile = time.monotonic()
 
     def forget_connections(self) -> None:
         """Drop the database handle and the embedder (not the settings or the encoder factory)."""
@@ -171,6 +174,7 @@ def embed_chunks(self: Task, chunk_ids: list[int]) -> dict[str, int]:
             schedule_retries(result.retry, _settings(), _db())
     except Exception as exc:
         raise retry_or_fail(self, exc, f"embedding chunks {_ids(chunk_ids)}", backoff_max=300) from None
+    reconcile_if_due()
     return {
         "claimed": result.claimed,
         "written": len(result.written),
@@ -193,8 +197,31 @@ def reconcile_task(self: Task, include_recent: bool | None = None) -> dict[str, 
         raise retry_or_fail(self, exc, "reconcile", backoff_max=60) from None
 
 
+def reconcile_if_due() -> None:
+    """Run a reconcile in this process if none ran here for MEDPG_RECONCILE_INTERVAL_SECONDS.
+
+    The beat's reconcile messages wait behind the embed backlog when every pool process is busy
+    with long tasks, and expire there; so a busy process reconciles between tasks itself. A
+    worker SIGKILLed mid-batch then has its chunks enqueued again within lease + interval + one
+    task. Concurrent reconciles are harmless (one takes the advisory lock, the others skip). A
+    failure is logged and left to the next one: the embed task that ran it succeeded.
+    """
+    if time.monotonic() - _process.last_reconcile < _settings().reconcile_interval_seconds:
+        return
+    try:
+        _reconcile(None)
+    except Exception as exc:  # noqa: BLE001 - logged by type; the next due reconcile tries again
+        _process.last_reconcile = time.monotonic()
+        log.warning(
+            "reconcile between tasks failed (%s); the next one is due in %ss",
+            type(exc).__name__,
+            _settings().reconcile_interval_seconds,
+        )
+
+
 def _reconcile(include_recent: bool | None) -> dict[str, Any]:
     settings = _settings()
+    _process.last_reconcile = time.monotonic()
     if include_recent is None:
         depth = queue_length(settings.embed_queue)
         include_recent = depth == 0
