@@ -66,7 +66,16 @@ class Database:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            engine = create_engine(self.url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            # Sessions in UTC: dates read back the same on any server (ingest stores naive dates as
+            # UTC and refuses instants outside years 1-9999 in UTC, which another zone could shift).
+            engine = create_engine(
+                self.url,
+                pool_pre_ping=True,
+                pool_size=5,
+                max_overflow=10,
+                # A URL that sets its own options keeps them.
+                connect_args={} if "options" in self.url.query else {"options": "-c TimeZone=UTC"},
+            )
             event.listen(engine, "connect", _on_connect)
             self._engine = engine
         return self._engine
@@ -75,9 +84,10 @@ class Database:
         kind = "embedded" if self.embedded else "external"
         return f"{describe(self.url)} ({kind})"
 
-    def _unreachable(self, exc: SAOperationalError) -> DatabaseUnavailableError:
+    def _unreachable(self, exc: SAOperationalError | psycopg.OperationalError) -> DatabaseUnavailableError:
+        cause = exc.orig if isinstance(exc, SAOperationalError) else exc
         return DatabaseUnavailableError(
-            f"cannot reach PostgreSQL at {describe(self.url)}: {_first_line(exc.orig)}. "
+            f"cannot reach PostgreSQL at {describe(self.url)}: {_first_line(cause)}. "
             "Check MEDPG_DATABASE_URL and that the server is running."
         )
 
@@ -102,7 +112,7 @@ class Database:
         """A psycopg connection from the pool (not autocommit); returned to the pool after use."""
         try:
             raw = self.engine.raw_connection()
-        except SAOperationalError as exc:
+        except (SAOperationalError, psycopg.OperationalError) as exc:  # the pool hands on the driver's error
             raise self._unreachable(exc) from None
         try:
             conn = raw.driver_connection
