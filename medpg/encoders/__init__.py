@@ -9,7 +9,7 @@ is cheap: torch, transformers and sentence-transformers are imported only when a
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal, cast
+from typing import cast
 
 from medpg.config import Settings
 from medpg.encoders.base import (
@@ -23,6 +23,7 @@ from medpg.encoders.base import (
 )
 from medpg.encoders.hub import ModelLocation, download_model, locate_model, model_identity
 from medpg.encoders.profiles import Profile, packaged_minilm_path, resolve_profile
+from medpg.vocabulary import EncoderRole
 
 __all__ = [
     "ArticleEncoder",
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 
-def encoder_spec(settings: Settings, role: Literal["query", "article", "cross"]) -> EncoderSpec | None:
+def encoder_spec(settings: Settings, role: EncoderRole) -> EncoderSpec | None:
     """The hashable description of one role's encoder (None: the profile has no cross-encoder)."""
     from medpg.encoders.device import resolve_device
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from medpg.errors import ConfigError, SchemaMismatchError
+from medpg.vocabulary import EncoderKind, EncoderRole, Similarity
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,7 +38,7 @@ class ArticleEncoder(Protocol):
 
     model_name: str
     dimension: int
-    similarity: Literal["ip", "cosine"]
+    similarity: Similarity
 
     def encode_documents(self, titles: Sequence[str], texts: Sequence[str]) -> np.ndarray: ...
 
@@ -55,8 +56,8 @@ class CrossEncoder(Protocol):
 class EncoderSpec:
     """Everything that decides how one encoder is loaded and run; hashable, so loads are cached."""
 
-    role: Literal["query", "article", "cross"]
-    kind: Literal["medcpt", "sentence-transformers"]
+    role: EncoderRole
+    kind: EncoderKind
     model: str
     profile: str
     device: str
@@ -66,7 +67,7 @@ class EncoderSpec:
     max_tokens_per_batch: int
     prefix: str = ""
     dimension: int = 0
-    similarity: Literal["ip", "cosine"] = "ip"
+    similarity: Similarity = "ip"
     temperature: float = 1.0
 
 

@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from medpg.config import Settings
 from medpg.errors import ConfigError
+from medpg.vocabulary import EncoderKind, EncoderRole, Similarity
 
 Pooling = Literal["cls", "mean", "auto"]
-SimilarityName = Literal["ip", "cosine"]
-Role = Literal["query", "article", "cross"]
+Role = EncoderRole
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class Profile:
     article_model: str
     cross_encoder_model: str | None
     dimension: int
-    similarity: SimilarityName
-    kind: Literal["medcpt", "sentence-transformers"]
+    similarity: Similarity
+    kind: EncoderKind
     query_prefix: str = ""
     document_prefix: str = ""
     cross_encoder_temperature: float = 1.0
@@ -84,7 +84,7 @@ def _read_json(path: Path | None) -> Any:
         return None
 
 
-def sentence_transformer_facts(model: str) -> tuple[int | None, SimilarityName | None]:
+def sentence_transformer_facts(model: str) -> tuple[int | None, Similarity | None]:
     """Output dimension and similarity of a sentence-transformers model, read from its files.
 
     Follows ``modules.json``: the Pooling module sets the dimension (times the number of pooling
@@ -112,7 +112,7 @@ def sentence_transformer_facts(model: str) -> tuple[int | None, SimilarityName |
             elif kind.endswith(".Dense") and isinstance(config.get("out_features"), int):
                 dimension = config["out_features"]
     st_config = _read_json(model_file(model, "config_sentence_transformers.json"))
-    similarity: SimilarityName | None = None
+    similarity: Similarity | None = None
     if isinstance(st_config, dict):
         truncate = st_config.get("truncate_dim")
         if isinstance(truncate, int) and dimension is not None:
@@ -158,7 +158,7 @@ def resolve_profile(settings: Settings) -> Profile:
     """Turn settings into concrete model names, dimension and similarity (no model is loaded)."""
     models = profile_models(settings)
     query, article = str(models["query"]), str(models["article"])
-    kind: Literal["medcpt", "sentence-transformers"] = "sentence-transformers"
+    kind: EncoderKind = "sentence-transformers"
     dimension, similarity = settings.embedding_dim, settings.similarity
     if settings.model_profile == "medcpt":
         kind, dimension, similarity = "medcpt", dimension or 768, similarity or "ip"

@@ -29,6 +29,7 @@ from medpg.embedding import (
 from medpg.encoders import clear_encoder_cache, load_article_encoder
 from medpg.status import collect_status, render_status
 from tests.conftest import DATA_DIR, truncate
+from tests.fixtures.faults import FaultyArticleEncoder
 from tests.integration.worker_harness import (
     all_current,
     assert_vectors_match_text,
@@ -71,7 +72,12 @@ def notes(n: int, offset: int = 0) -> list[dict[str, Any]]:
 
 
 def with_settings(db: Database, **overrides: object) -> Settings:
-    return db.settings.model_copy(update=overrides)
+    return db.settings.with_changes(**overrides)
+
+
+def faulty(settings: Settings) -> FaultyArticleEncoder:
+    """The configured article encoder, failing on chunks that contain POISON."""
+    return FaultyArticleEncoder(load_article_encoder(settings), POISON)
 
 
 def test_backfill_embeds_every_chunk_from_its_current_text(fresh: Database, tmp_path: Path) -> None:
@@ -167,10 +173,10 @@ def test_poison_chunk_is_isolated_recorded_and_retried_up_to_the_limit(
 ) -> None:
     docs = notes(8)
     docs[3] = {**docs[3], "text": f"{POISON} " + docs[3]["text"]}  # in its first chunk only
-    settings = with_settings(fresh, embed_fault_marker=POISON, embed_claim_size=64)
+    settings = with_settings(fresh, embed_claim_size=64)
     ingest_docs(fresh, settings, docs, tmp_path / "n.jsonl")
     total = chunk_state(fresh)["chunks"]
-    report = Embedder(fresh, settings).embed_pending()
+    report = Embedder(fresh, settings, encoder=faulty(settings)).embed_pending()
     assert report.failed == 1 and report.written == total - 1
     with fresh.connect() as conn:
         rows = conn.execute(
@@ -185,10 +191,10 @@ def test_poison_chunk_is_isolated_recorded_and_retried_up_to_the_limit(
     assert status.failed == 1 and status.failed_chunks[0].chunk_id == poison_id
     assert status.embedded == total - 1 and status.pending == 1
     # Out of attempts: no longer claimed or enqueued, until --retry-failed.
-    assert Embedder(fresh, settings).embed_pending().written == 0
+    assert Embedder(fresh, settings, encoder=faulty(settings)).embed_pending().written == 0
     assert select_for_enqueue(fresh, settings) == []
     assert retry_failed(fresh, settings) == [poison_id]
-    fixed = with_settings(fresh, embed_fault_marker=None)
+    fixed = settings  # the real encoder
     assert Embedder(fresh, fixed).embed_pending().written == 1
     assert all_current(fresh) and collect_status(fresh, fixed).failed == 0
 
@@ -280,7 +286,7 @@ def test_cli_embed_status_and_retry_failed(fresh: Database, tmp_path: Path) -> N
 
     docs = notes(4)
     docs[1] = {**docs[1], "text": f"{POISON} " + docs[1]["text"]}
-    settings = with_settings(fresh, embed_fault_marker=POISON)
+    settings = fresh.settings
     ingest_docs(fresh, settings, docs, tmp_path / "n.jsonl")
     runner = CliRunner()
     env = settings_env(settings)
@@ -293,14 +299,14 @@ def test_cli_embed_status_and_retry_failed(fresh: Database, tmp_path: Path) -> N
             get_settings.cache_clear()
         return result
 
-    out = run("embed", "--no-progress")
-    assert out.exit_code == 0, out.output
-    assert "failed" in out.output
+    # The encoder fails on the poison chunk: a wrapped encoder, since the CLI has no fault switch.
+    assert Embedder(fresh, settings, encoder=faulty(settings)).embed_pending().failed == 1
     out = run("status")
     assert out.exit_code == 0, out.output
     assert "failed" in out.output and "EncodeFault" in out.output and POISON not in out.output
-    out = run("embed", "--retry-failed", "--no-progress", MEDPG_EMBED_FAULT_MARKER="")
+    out = run("embed", "--retry-failed", "--no-progress")
     assert out.exit_code == 0, out.output
+    assert "1 failed chunks get" in out.output and "embedded 1 chunks" in out.output
     assert all_current(fresh)
     out = run("embed", "--reconcile")  # no broker configured: a clear error, not a traceback
     assert out.exit_code != 0 and "MEDPG_BROKER_URL" in out.output
