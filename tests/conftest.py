@@ -1,7 +1,9 @@
 """Shared fixtures: one embedded PostgreSQL per test session, a fresh migrated database per module.
 
 Tests build their own ``Settings`` (never the process environment) so a developer's MEDPG_
-variables cannot change what a test sees.
+variables cannot change what a test sees. Knobs for the tests themselves use the MEDPGTEST_
+prefix (``MEDPGTEST_DATA_DIR``: where the evaluation data lives), outside the MEDPG_ namespace
+that ``load_settings()`` refuses unknown names in.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from medpg.db import Database
 pytest_plugins = ["tests.fixtures.tiny_models"]
 
 REPO = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("MEDPG_TEST_DATA", REPO.parent / "shared" / "data"))
+TEST_ENV_PREFIX = "MEDPGTEST_"
+DATA_DIR = Path(os.environ.get(TEST_ENV_PREFIX + "DATA_DIR", REPO.parent / "shared" / "data"))
 _db_counter = itertools.count()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _clean_environment() -> Iterator[None]:
-    saved = {k: v for k, v in os.environ.items() if k.startswith("MEDPG_") and k != "MEDPG_TEST_DATA"}
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MEDPG_")}
     for k in saved:
         del os.environ[k]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

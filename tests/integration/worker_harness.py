@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,19 @@ REPO = Path(__file__).resolve().parents[2]
 # settings and data
 
 
+# The broker's Redis database may be shared by test runs at the same time (several checkouts, CI
+# jobs): each run has queues of its own and empties only those, never the whole database.
+RUN_TAG = uuid.uuid4().hex[:10]
+TEST_QUEUES = {"embed_queue": f"medpg.embed.test-{RUN_TAG}", "control_queue": f"medpg.control.test-{RUN_TAG}"}
+
+
 def tiny_overrides(bert: Path, cross: Path, **extra: object) -> dict[str, object]:
-    """Settings for the medcpt profile on the tiny random BERT; small chunks so notes make many."""
+    """Settings for the medcpt profile on the tiny random BERT; small chunks so notes make many.
+
+    The queues are this test run's own (``TEST_QUEUES``).
+    """
     values: dict[str, object] = {
+        **TEST_QUEUES,
         "model_profile": "medcpt",
         "query_model": str(bert),
         "article_model": str(bert),
@@ -232,7 +243,11 @@ def subprocess_env(settings: Settings, **extra: object) -> dict[str, str]:
 
 
 class CeleryWorker:
-    """``celery -A workers.celery_app worker`` in a subprocess; always stopped by ``stop()``."""
+    """``celery -A workers.celery_app worker`` in a subprocess; always stopped by ``stop()``.
+
+    ``app_module`` names another Celery app module for ``-A``: ``tests.fixtures.faulty_worker``
+    runs medpg's tasks with an encoder that fails on marked chunks (MEDPGTEST_FAULT_MARKER).
+    """
 
     def __init__(
         self,
@@ -245,12 +260,15 @@ class CeleryWorker:
         pool: str = "solo",
         cli: bool = False,
         extra_env: dict[str, str] | None = None,
+        app_module: str = "workers.celery_app",
     ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self.settings = settings
         queues = queues or [settings.embed_queue, settings.control_queue]
         bin_dir = str(Path(sys.executable).parent)
+        if cli and app_module != "workers.celery_app":
+            raise ValueError("`medpg worker` runs medpg's own app module; app_module needs cli=False")
         if cli:  # `medpg worker` with its defaults (prefork, concurrency 1, beat unless told not to)
             medpg = shutil.which("medpg", path=bin_dir) or "medpg"
             self.argv = [medpg, "worker", "-n", f"{name}@%h", "-Q", ",".join(queues)]
@@ -260,7 +278,7 @@ class CeleryWorker:
             self.argv = [
                 celery,
                 "-A",
-                "workers.celery_app",
+                app_module,
                 "worker",
                 "-P",
                 pool,
@@ -364,9 +382,21 @@ class WorkerPool:
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
+def drop_queued(redis_url: str) -> int:
+    """Delete this run's queues (``TEST_QUEUES``) from the broker: all their messages are lost."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"*{RUN_TAG}*"))
+        return int(client.delete(*keys)) if keys else 0
+    finally:
+        client.close()
+
+
 @pytest.fixture()
 def redis_url() -> Iterator[str]:
-    """A Redis database of its own for the broker, emptied before and after the test (FLUSHDB only)."""
+    """The broker's Redis database, with this run's queues emptied before and after the test."""
     import redis
 
     client = redis.Redis.from_url(TEST_REDIS_URL)
@@ -376,10 +406,11 @@ def redis_url() -> Iterator[str]:
         pytest.skip(
             f"Redis is not reachable at {TEST_REDIS_URL} ({exc}); start redis-server or set TEST_REDIS_URL"
         )
-    client.flushdb()
+    finally:
+        client.close()
+    drop_queued(TEST_REDIS_URL)
     yield TEST_REDIS_URL
-    client.flushdb()
-    client.close()
+    drop_queued(TEST_REDIS_URL)
 
 
 @pytest.fixture()
