@@ -366,9 +366,7 @@ def _file_key_suggestion(key: str) -> str | None:
     return closest_name(bare, Settings.model_fields)
 
 
-_PATH_FIELDS = frozenset(
-    name for name, field in Settings.model_fields.items() if field.annotation is Path
-)
+_PATH_FIELDS = frozenset(name for name, field in Settings.model_fields.items() if field.annotation is Path)
 
 
 class SettingsFileSource(TomlConfigSettingsSource):
@@ -455,7 +453,9 @@ def load_settings(**overrides: object) -> Settings:
         raise _config_error(exc, _keys_from_file(choice, overrides)) from None  # type: ignore[arg-type]
 
 
-def _keys_from_file(choice: SettingsFileChoice, overrides: Mapping[str, object]) -> tuple[Path, set[str]] | None:
+def _keys_from_file(
+    choice: SettingsFileChoice, overrides: Mapping[str, object]
+) -> tuple[Path, set[str]] | None:
     """The settings file and the keys whose value it supplied (no stronger source set them)."""
     path = settings_file_path(choice)
     if path is None:
