@@ -121,20 +121,24 @@ def test_embed_ids_reembeds_text_changed_during_the_task(fresh: Database, tmp_pa
     """The worker task's path: a stale write is followed by a new claim of the new text in the same task."""
     docs = notes(2)
     ingest_docs(fresh, fresh.settings, docs, tmp_path / "v1.jsonl")
-    emb = Embedder(fresh, fresh.settings)
     ids = [row[0] for row in chunk_inputs(fresh)]
     edited = [{**d, "title": "new " + d["title"]} for d in docs]
-    original_encode = emb._encode
+    inner = load_article_encoder(fresh.settings)
     calls: list[int] = []
 
-    def edit_during_first_encode(chunks: Any) -> np.ndarray:
-        vectors = original_encode(chunks)
-        if not calls:
-            ingest_docs(fresh, fresh.settings, edited, tmp_path / "v2.jsonl")
-        calls.append(len(chunks))
-        return vectors
+    class EditDuringFirstEncode:
+        """The configured encoder; the documents are edited while its first batch is encoded."""
 
-    emb._encode = edit_during_first_encode  # type: ignore[method-assign]
+        model_name, dimension, similarity = inner.model_name, inner.dimension, inner.similarity
+
+        def encode_documents(self, titles: Any, texts: Any) -> np.ndarray:
+            vectors = inner.encode_documents(titles, texts)
+            if not calls:
+                ingest_docs(fresh, fresh.settings, edited, tmp_path / "v2.jsonl")
+            calls.append(len(texts))
+            return vectors
+
+    emb = Embedder(fresh, fresh.settings, encoder=EditDuringFirstEncode())  # type: ignore[arg-type]
     result = emb.embed_ids(ids)
     assert len(calls) == 2 and sorted(result.stale) == ids and sorted(result.written) == ids
     assert_vectors_match_text(fresh, emb.encoder)
