@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from medpg.db.schema import EmbeddingSpace
-from medpg.errors import ConfigError, DatabaseError, SchemaError
+from medpg.errors import ConfigError, DatabaseError, DatabaseUnavailableError, SchemaError, is_transient
 
 if TYPE_CHECKING:
     from medpg.db.engine import Database
@@ -136,7 +136,9 @@ def _migration(db: Database) -> Iterator[Connection]:
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('medpg.migrations'))")
             yield conn
     except DBAPIError as exc:
-        raise DatabaseError(f"migration failed: {_orig(exc)}") from None
+        # The server went away (transient: try again) or a statement failed (the schema's problem).
+        cls = DatabaseUnavailableError if is_transient(exc) else SchemaError
+        raise cls(f"migration failed: {_orig(exc)}") from None
     # Pooled connections opened before the extension existed have no pgvector types registered:
     # drop them so every later connection registers on connect.
     db.dispose()
