@@ -38,6 +38,7 @@ def _clean_environment() -> Iterator[None]:
     for k in saved:
         del os.environ[k]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MEDPGTEST_SETTINGS_FILE", "")  # a medpg.toml in the checkout or ~/.config must not count
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     yield
