@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from medpg.config import Settings
+from medpg.config import Settings, medpg_environment
 from medpg.db.engine import Database
 from medpg.errors import InputError
+from medpg.progress import DEFAULT_INTERVAL, progress_bar
 from medpg.retrieval import sql
 from medpg.retrieval.pipeline import search, search_params
 from medpg.retrieval.types import Filters
@@ -273,24 +274,42 @@ def evaluate_dataset(
     split: str = "test",
     systems: Sequence[str] | None = None,
     max_queries: int | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
     log: Callable[[str], None] = lambda _msg: None,
+    progress_interval: float = DEFAULT_INTERVAL,
 ) -> EvalReport:
-    """Ingest and embed ``dataset_dir`` if needed, then run and score every system."""
+    """Ingest and embed ``dataset_dir`` if needed, then run and score every system.
+
+    ``progress`` (True or None): bars on a terminal, else a line with counts and rate every
+    ``progress_interval`` seconds on stderr, for ingest, embedding and each system's queries.
+    """
+    shown = _Progress(progress, progress_interval)
     data = load_beir(dataset_dir, split)
-    corpus = _prepare_corpus(db, settings, data, progress=progress, log=log)
+    corpus = _prepare_corpus(db, settings, data, progress=shown, log=log)
     queries = _encode_queries(settings, data, max_queries, log=log)
     chosen = _choose_systems(settings, systems)
     results = []
     for system in chosen:
-        result = _score_system(system, queries, _run_system(db, settings, system, corpus, queries))
+        run = _run_system(db, settings, system, corpus, queries, shown)
+        result = _score_system(system, queries, run)
         log(f"{system.name}: nDCG@10 {result.ndcg10:.4f}, p50 {result.p50_ms:.2f} ms")
         results.append(result)
     return _build_report(db, settings, data, split, corpus, queries, results)
 
 
+@dataclass(frozen=True)
+class _Progress:
+    """How the evaluation shows progress (``medpg.progress.progress_bar``'s enabled and interval)."""
+
+    enabled: bool | None
+    interval: float
+
+    def bar(self, total: int, desc: str, unit: str) -> Any:
+        return progress_bar(total, desc=desc, unit=unit, enabled=self.enabled, interval=self.interval)
+
+
 def _prepare_corpus(
-    db: Database, settings: Settings, data: BeirData, *, progress: bool, log: Callable[[str], None]
+    db: Database, settings: Settings, data: BeirData, *, progress: _Progress, log: Callable[[str], None]
 ) -> _Corpus:
     """Ingest and embed the corpus (both skip what is current), and check whose vectors are stored."""
     from medpg import schema
@@ -299,9 +318,18 @@ def _prepare_corpus(
 
     schema.check(db)
     source = default_source(data.corpus)
-    report = ingest_file(db, settings, data.corpus, source=source, progress=progress)
+    report = ingest_file(
+        db,
+        settings,
+        data.corpus,
+        source=source,
+        progress=progress.enabled,
+        progress_interval=progress.interval,
+    )
     log(f"ingest: {report.inserted} new, {report.updated} changed, {report.unchanged} unchanged documents")
-    embedded = Embedder(db, settings).embed_pending(progress=progress)
+    embedded = Embedder(db, settings).embed_pending(
+        progress=progress.enabled, progress_interval=progress.interval
+    )
     log(f"embed: {embedded.written} chunks embedded in {embedded.seconds:.0f}s")
     return _stored_corpus(db, settings, source)
 
@@ -364,15 +392,31 @@ def _choose_systems(settings: Settings, names: Sequence[str] | None) -> list[Sys
     return [s for s in chosen if s.name in names]
 
 
-def _run_system(db: Database, settings: Settings, system: System, corpus: _Corpus, queries: _Queries) -> _Run:
+def _run_system(
+    db: Database,
+    settings: Settings,
+    system: System,
+    corpus: _Corpus,
+    queries: _Queries,
+    progress: _Progress | None = None,
+) -> _Run:
     """Every query through ``system``: the rerank system through search(), the others the SQL call."""
     cfg = settings.with_changes(**system.overrides)
-    if system.rerank:
-        return _run_with_rerank(db, cfg, system, corpus, queries)
-    return _run_sql(db, cfg, system, corpus, queries)
+    shown = progress or _Progress(False, DEFAULT_INTERVAL)
+    with shown.bar(len(queries.ids), desc=system.name, unit="queries") as bar:
+        if system.rerank:
+            return _run_with_rerank(db, cfg, system, corpus, queries, bar.update)
+        return _run_sql(db, cfg, system, corpus, queries, bar.update)
 
 
-def _run_with_rerank(db: Database, cfg: Settings, system: System, corpus: _Corpus, queries: _Queries) -> _Run:
+def _run_with_rerank(
+    db: Database,
+    cfg: Settings,
+    system: System,
+    corpus: _Corpus,
+    queries: _Queries,
+    done: Callable[[int], object] = lambda _n: None,
+) -> _Run:
     ranking: dict[str, dict[str, float]] = {}
     latencies: list[float] = []
     for qid, text, emb in queries.rows():
@@ -390,10 +434,18 @@ def _run_with_rerank(db: Database, cfg: Settings, system: System, corpus: _Corpu
         )
         latencies.append(response.timings_ms.get("sql", 0.0) + response.timings_ms.get("rerank", 0.0))
         ranking[qid] = _ranks_as_scores(r.external_id for r in response.results)
+        done(1)
     return _Run(ranking, latencies, "SQL call + rerank (top 100)")
 
 
-def _run_sql(db: Database, cfg: Settings, system: System, corpus: _Corpus, queries: _Queries) -> _Run:
+def _run_sql(
+    db: Database,
+    cfg: Settings,
+    system: System,
+    corpus: _Corpus,
+    queries: _Queries,
+    done: Callable[[int], object] = lambda _n: None,
+) -> _Run:
     scored = search_params(cfg, k=K_FETCH, mode=system.mode, lexical=system.lexical, fusion=system.fusion)
     timed = search_params(cfg, k=K_TIMED, mode=system.mode, lexical=system.lexical, fusion=system.fusion)
     ranking: dict[str, dict[str, float]] = {}
@@ -408,6 +460,7 @@ def _run_sql(db: Database, cfg: Settings, system: System, corpus: _Corpus, queri
             rows = sql.hybrid_search(conn, text, vector, scored, corpus.filters)
             ids = corpus.external_ids
             ranking[qid] = _ranks_as_scores(ids[r.document_id] for r in rows if r.document_id in ids)
+            done(1)
         conn.rollback()
     return _Run(ranking, latencies, "SQL call (top 10)")
 
@@ -473,8 +526,8 @@ def _build_report(
 def _command() -> str:
     env = " ".join(
         f"{k}={shlex.quote(v)}"
-        for k, v in sorted(os.environ.items())
-        if k.startswith("MEDPG_") and "URL" not in k
+        for k, v in sorted(medpg_environment().items())
+        if "URL" not in k
     )
     args = " ".join(shlex.quote(a) for a in ["medpg", *sys.argv[1:]])
     return f"{env} {args}".strip()

@@ -11,18 +11,28 @@ import typer
 from medpg.cli import db as db_cli
 from medpg.cli import embed as embed_cli
 from medpg.cli import search as search_cli
-from medpg.cli.common import console, database, handle_errors, settings, setup_logging
+from medpg.cli.common import (
+    Command,
+    Group,
+    console,
+    database,
+    handle_errors,
+    progress_every_option,
+    settings,
+    setup_logging,
+)
 
 if TYPE_CHECKING:
     from medpg.config import Settings
     from medpg.db import Database
 
 app = typer.Typer(
+    cls=Group,
     help="medpg: hybrid search for medical text in PostgreSQL.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(db_cli.app, name="db")
+app.add_typer(db_cli.app, name="db", cls=Group)
 
 
 @app.callback()
@@ -30,17 +40,22 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progr
     setup_logging(verbose)
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def ingest(
     path: Path = typer.Argument(..., help="BEIR corpus.jsonl (or its directory), JSON Lines or CSV file."),
-    source: str | None = typer.Option(None, help="Source name (default: the data set or file name)."),
-    fmt: str = typer.Option("auto", "--format", help="auto, jsonl or csv."),
+    source: str | None = typer.Option(
+        None, metavar="NAME", help="Source name (default: the data set or file name)."
+    ),
+    fmt: str = typer.Option("auto", "--format", metavar="FORMAT", help="auto, jsonl or csv."),
     csv_map: str | None = typer.Option(
-        None, help="CSV columns for medpg fields, e.g. id=note_id,text=note_text,title=subject."
+        None,
+        metavar="MAP",
+        help="CSV columns for medpg fields, e.g. id=note_id,text=note_text,title=subject.",
     ),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip bad rows and report each."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar or progress lines."),
+    progress_every: float = progress_every_option(),
 ) -> None:
     """Load documents: validate every row, then upsert in batches (unchanged rows are not touched).
 
@@ -64,6 +79,7 @@ def ingest(
         csv_map=csv_map,
         skip_invalid=skip_invalid,
         progress=False if no_progress else None,
+        progress_interval=progress_every,
         after_commit=_enqueue_hook(cfg, db),
     )
     for err in report.skipped:
@@ -91,7 +107,7 @@ def _enqueue_hook(cfg: Settings, db: Database | None = None) -> Callable[[list[i
     return after_commit_hook(db or database(), cfg)
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def status() -> None:
     """Documents, chunks and their embedding state, the model and the database."""
@@ -108,7 +124,7 @@ search_cli.register(app)
 def _add_models() -> None:
     from medpg.cli import models as models_cli
 
-    app.add_typer(models_cli.app, name="models", help="Check and download the profile's models.")
+    app.add_typer(models_cli.app, name="models", cls=Group, help="Check and download the profile's models.")
 
 
 _add_models()

@@ -6,15 +6,19 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from medpg.config import Settings, get_settings
 from medpg.db.engine import Database
 from medpg.errors import MedpgError, is_transient
+
+if TYPE_CHECKING:
+    from typer import _click as click  # typer's own click: the classes its commands are built on
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -53,7 +57,86 @@ def settings() -> Settings:
 
 
 def database() -> Database:
-    return Database(settings())
+    """The configured database; on a first run, say that the embedded server is being created."""
+    cfg = settings()
+    announce_first_run(cfg)
+    return Database(cfg)
+
+
+def announce_first_run(cfg: Settings) -> None:
+    """One stderr line before the embedded server's data directory is created (it takes seconds)."""
+    if cfg.database_url is not None:
+        return
+    pgdata = cfg.data_dir.expanduser() / "pgdata"
+    if not pgdata.exists():
+        err_console.print(
+            f"initialising the embedded PostgreSQL in {pgdata} (first run)...",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def notify(message: str) -> None:
+    """Print a status line (e.g. "loading the query encoder...") on stderr; stdout stays clean."""
+    err_console.print(message, highlight=False, soft_wrap=True)
+
+
+def progress_every_option() -> Any:
+    """``--progress-every SECONDS``: how often a long job logs a line when stderr is not a terminal."""
+    from medpg.progress import DEFAULT_INTERVAL
+
+    return typer.Option(
+        DEFAULT_INTERVAL,
+        "--progress-every",
+        metavar="SECONDS",
+        help="Seconds between progress lines when stderr is not a terminal (a bar is shown on one).",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# help output: QUERY rather than {query} <str>, no <bool> after flags
+
+
+class _Argument(TyperArgument):
+    """An argument shown by its metavar alone (QUERY), in the usage line and its help row."""
+
+    def display_type_rich(self, ctx: click.Context) -> str | None:
+        return None
+
+    def get_usage_pieces(self, ctx: click.Context) -> list[str]:
+        name = self.metavar or (self.name or "").upper()
+        name = name if self.required else f"[{name}]"
+        return [name + ("..." if self.nargs != 1 else "")]
+
+
+def _clean(param: click.Parameter) -> None:
+    if isinstance(param, TyperArgument):
+        param.__class__ = _Argument  # same fields; only what the help shows differs
+        if param.metavar is None:
+            param.metavar = (param.name or "").upper()
+    elif isinstance(param, TyperOption) and param.metavar is None:
+        # a flag takes no value: nothing to show after it; an option shows its name (--profile PROFILE)
+        param.metavar = "" if param.is_flag or param.is_bool_flag else (param.name or "value").upper()
+
+
+class Command(TyperCommand):
+    """A typer command whose help shows metavars (``--mode MODE``, ``QUERY``), not Python types."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        for param in params:
+            _clean(param)
+        return params
+
+
+class Group(TyperGroup):
+    """A typer group with the same help conventions as ``Command``."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        for param in params:
+            _clean(param)
+        return params
 
 
 def setup_logging(verbose: bool) -> None:

@@ -12,16 +12,25 @@ from pathlib import Path
 import typer
 
 from medpg import schema
-from medpg.cli.common import console, database, err_console, handle_errors, settings
+from medpg.cli.common import (
+    Command,
+    Group,
+    announce_first_run,
+    console,
+    database,
+    err_console,
+    handle_errors,
+    settings,
+)
 from medpg.db import migrate, schema_state
 from medpg.db.embedded import libpq_url, psql_path
 from medpg.db.keeper import keeper_files, running_keeper
 from medpg.errors import ConfigError, DatabaseError
 
-app = typer.Typer(help="Create, migrate and inspect medpg's schema.", no_args_is_help=True)
+app = typer.Typer(cls=Group, help="Create, migrate and inspect medpg's schema.", no_args_is_help=True)
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
     """Apply migrations up to REVISION (default: the newest)."""
@@ -30,7 +39,7 @@ def upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> 
     console.print(f"database {db.describe()} is at revision {migrate.current_revision(db)}")
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def downgrade(
     revision: str = typer.Argument("base", help="Target revision; 'base' removes medpg's schema."),
@@ -45,7 +54,7 @@ def downgrade(
     console.print(f"database {db.describe()} is at revision {migrate.current_revision(db) or 'base'}")
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def status() -> None:
     """Show the schema revision, the vector column and the active embedding model."""
@@ -66,7 +75,7 @@ def _embedded_only(what: str) -> None:
         )
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def url() -> None:
     """Print a libpq connection string (for psql or another SQL client) to medpg's database."""
@@ -86,7 +95,7 @@ def url() -> None:
         )
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def start() -> None:
     """Keep the embedded server running for other clients until `medpg db stop`."""
@@ -94,6 +103,7 @@ def start() -> None:
     cfg = settings()
     pid = running_keeper(cfg.data_dir)
     if pid is None:
+        announce_first_run(cfg)
         pid = _spawn_keeper(cfg.data_dir, cfg.embedded_database)
     _, url_file = keeper_files(cfg.data_dir)
     console.print(f"embedded PostgreSQL kept running (keeper pid {pid}); connect with:", highlight=False)
@@ -123,7 +133,7 @@ def _spawn_keeper(data_dir: Path, database_name: str) -> int:
     raise DatabaseError(f"the embedded server did not start within 180 s; see {data_dir / 'keeper.log'}")
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def stop() -> None:
     """Stop keeping the embedded server running (it stops once no medpg process uses it)."""
@@ -146,7 +156,7 @@ def stop() -> None:
         console.print("embedded PostgreSQL stopped")
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def shell() -> None:
     """Open psql on medpg's database (the psql that ships with the embedded server)."""

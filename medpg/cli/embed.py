@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import re
 import socket
-import sys
 from pathlib import Path
 
 import typer
 
-from medpg.cli.common import console, database, handle_errors, settings
+from medpg.cli.common import (
+    Command,
+    console,
+    database,
+    handle_errors,
+    notify,
+    progress_every_option,
+    settings,
+)
 from medpg.config import Settings
 from medpg.db import Database
 from medpg.errors import ConfigError, MedpgError
@@ -40,8 +47,11 @@ def embed(
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="First give chunks that ran out of attempts a fresh set."
     ),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Embed at most this many chunks."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, metavar="N", help="Embed at most this many chunks."
+    ),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar or progress lines."),
+    progress_every: float = progress_every_option(),
 ) -> None:
     """Embed chunks that need a vector, in this process (no broker needed), or enqueue them."""
     from medpg.db import check_schema
@@ -56,7 +66,7 @@ def embed(
     if reconcile:
         _enqueue_for_workers(db, cfg)
     else:
-        _embed_here(db, cfg, limit=limit, progress=not no_progress and sys.stderr.isatty())
+        _embed_here(db, cfg, limit=limit, progress=not no_progress, interval=progress_every)
 
 
 def _retry_failed(db: Database, cfg: Settings) -> None:
@@ -88,12 +98,17 @@ def _enqueue_for_workers(db: Database, cfg: Settings) -> None:
         console.print(f"model switch finished: search now uses {rec.switched_model}")
 
 
-def _embed_here(db: Database, cfg: Settings, *, limit: int | None, progress: bool) -> None:
-    """Embed pending chunks in this process and report the rate."""
+def _embed_here(db: Database, cfg: Settings, *, limit: int | None, progress: bool, interval: float) -> None:
+    """Embed pending chunks in this process and report the rate.
+
+    Progress: a bar on a terminal, otherwise a line every ``interval`` seconds (a log is never
+    silent for minutes).
+    """
     from medpg import embedding
 
     emb = embedding.Embedder(db, cfg)
-    report = emb.embed_pending(limit=limit, progress=progress)
+    notify("loading the article encoder...")
+    report = emb.embed_pending(limit=limit, progress=progress, progress_interval=interval)
     console.print(
         f"embedded {report.written:,} chunks in {report.seconds:.1f}s "
         f"({report.chunks_per_second:,.1f} chunks/s) with {emb.model}; "
@@ -110,12 +125,13 @@ def _embed_here(db: Database, cfg: Settings, *, limit: int | None, progress: boo
 
 def worker(
     concurrency: int = typer.Option(
-        1, "--concurrency", "-c", min=1, help="Worker processes (each loads the model once)."
+        1, "--concurrency", "-c", min=1, metavar="N", help="Worker processes (each loads the model once)."
     ),
     queues: str | None = typer.Option(
         None,
         "--queues",
         "-Q",
+        metavar="QUEUES",
         help="Comma-separated queues (default: the embed queue and the control queue). "
         "GPU workers can take only MEDPG_EMBED_QUEUE.",
     ),
@@ -124,9 +140,13 @@ def worker(
         "--beat/--no-beat",
         help="Also run the periodic reconcile schedule (several beats are safe: one reconcile runs).",
     ),
-    pool: str = typer.Option("prefork", "--pool", "-P", help="prefork (default), solo or threads."),
-    loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
-    name: str | None = typer.Option(None, "--name", "-n", help="Worker node name (default medpg@host)."),
+    pool: str = typer.Option(
+        "prefork", "--pool", "-P", metavar="POOL", help="prefork (default), solo or threads."
+    ),
+    loglevel: str = typer.Option("INFO", "--loglevel", "-l", metavar="LEVEL", help="Celery's log level."),
+    name: str | None = typer.Option(
+        None, "--name", "-n", metavar="NAME", help="Worker node name (default medpg@host)."
+    ),
 ) -> None:
     """Start a Celery worker that embeds chunks as they are ingested (GPU when there is one)."""
     from workers import tasks
@@ -196,5 +216,5 @@ def beat_schedule_file(cfg: Settings, node: str) -> Path:
 
 def register(app: typer.Typer) -> None:
     """Add the embedding commands to the top-level CLI."""
-    app.command()(handle_errors(embed))
-    app.command()(handle_errors(worker))
+    app.command(cls=Command)(handle_errors(embed))
+    app.command(cls=Command)(handle_errors(worker))

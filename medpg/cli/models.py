@@ -11,14 +11,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from medpg.cli.common import console, handle_errors, settings
+from medpg.cli.common import Command, Group, console, handle_errors, settings
 from medpg.config import Settings
 from medpg.encoders import hub
 from medpg.encoders.profiles import profile_models
 from medpg.errors import ConfigError, ModelNotAvailableError
 from medpg.vocabulary import MODEL_PROFILES, ModelProfile
 
-app = typer.Typer(no_args_is_help=True, help="Check and download the models of a profile.")
+app = typer.Typer(cls=Group, no_args_is_help=True, help="Check and download the models of a profile.")
 
 STOCK_PROFILES: tuple[ModelProfile, ...] = ("medcpt", "minilm")
 _ROLE_LABEL = {"query": "query encoder", "article": "article encoder", "cross": "cross-encoder"}
@@ -61,7 +61,7 @@ def _models_or_error(cfg: Settings | ConfigError) -> dict[hub.Role, str | None] 
         return exc
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def check() -> None:
     """Show, per profile and role, each model and where it was found (or how to get it)."""
@@ -107,7 +107,7 @@ def check() -> None:
         )
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def download(
     profile: str | None = typer.Option(

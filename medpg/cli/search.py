@@ -7,8 +7,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
-from medpg.cli.common import console, database, err_console, handle_errors, settings
+from medpg.cli.common import (
+    Command,
+    console,
+    database,
+    err_console,
+    handle_errors,
+    notify,
+    progress_every_option,
+    settings,
+)
 from medpg.vocabulary import FUSION_METHODS, LEXICAL_SCORERS, SEARCH_MODES
 
 if TYPE_CHECKING:
@@ -39,24 +49,36 @@ def _snippet(text: str, width: int = 160) -> str:
 @handle_errors
 def search_command(
     query: str = typer.Argument(..., help="What to look for (any text; it is never parsed as syntax)."),
-    k: int = typer.Option(10, "-k", "--k", help="How many documents to return."),
+    k: int = typer.Option(10, "-k", "--k", metavar="N", help="How many documents to return."),
     # plain strings, not click choices: the core checks them, so a bad name is the same
     # InputError (message and exit code) from the CLI as from Python
-    mode: str | None = typer.Option(None, help=f"{_one_of(SEARCH_MODES)} (default: MEDPG_SEARCH_MODE)."),
-    lexical: str | None = typer.Option(
-        None, help=f"{_one_of(LEXICAL_SCORERS)} (default: MEDPG_LEXICAL_SCORER)."
+    mode: str | None = typer.Option(
+        None, metavar="MODE", help=f"{_one_of(SEARCH_MODES)} (default: MEDPG_SEARCH_MODE)."
     ),
-    fusion: str | None = typer.Option(None, help=f"{_one_of(FUSION_METHODS)} (default: MEDPG_FUSION)."),
+    lexical: str | None = typer.Option(
+        None, metavar="SCORER", help=f"{_one_of(LEXICAL_SCORERS)} (default: MEDPG_LEXICAL_SCORER)."
+    ),
+    fusion: str | None = typer.Option(
+        None, metavar="METHOD", help=f"{_one_of(FUSION_METHODS)} (default: MEDPG_FUSION)."
+    ),
     rerank: bool | None = typer.Option(
         None, "--rerank/--no-rerank", help="Cross-encoder rerank (default: on when one is configured)."
     ),
-    source: list[str] | None = typer.Option(None, "--source", help="Only these sources (repeatable)."),
-    metadata: str | None = typer.Option(
-        None, help='Metadata containment as JSON, e.g. \'{"specialty": "Cardiology"}\'.'
+    source: list[str] | None = typer.Option(
+        None, "--source", metavar="NAME", help="Only this source (repeatable: any of them)."
     ),
-    date_from: str | None = typer.Option(None, help="Documents dated on or after (ISO 8601)."),
-    date_to: str | None = typer.Option(None, help="Documents dated before (ISO 8601)."),
-    patient: list[str] | None = typer.Option(None, "--patient", help="Only these patient ids (repeatable)."),
+    metadata: str | None = typer.Option(
+        None,
+        metavar="JSON",
+        help='Metadata containment as JSON, e.g. \'{"specialty": "Cardiovascular / Pulmonary"}\'.',
+    ),
+    date_from: str | None = typer.Option(
+        None, metavar="DATE", help="Documents dated on or after (ISO 8601)."
+    ),
+    date_to: str | None = typer.Option(None, metavar="DATE", help="Documents dated before (ISO 8601)."),
+    patient: list[str] | None = typer.Option(
+        None, "--patient", metavar="ID", help="Only this patient id (repeatable: any of them)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the response as JSON."),
 ) -> None:
     """Hybrid search: dense + BM25 fused in PostgreSQL, reranked, each result explained."""
@@ -74,13 +96,18 @@ def search_command(
         filters=_filters(source, metadata, date_from, date_to, patient),
         settings=settings(),
         db=database(),
+        notify=notify,
     )
     if as_json:
         typer.echo(orjson.dumps(response.to_dict(), option=orjson.OPT_INDENT_2, default=str).decode())
         return
     for warning in response.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    _print_table(response)
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if response.results:
+        _print_table(response)
+    else:
+        # one line, not an empty table frame; the warnings above say why when medpg knows
+        console.print(f"no results — {_summary(response)}", highlight=False, soft_wrap=True)
 
 
 @handle_errors
@@ -88,19 +115,25 @@ def eval_command(
     dataset_dir: Path = typer.Argument(
         ..., help="BEIR data set: corpus.jsonl, queries.jsonl, qrels/<split>.tsv."
     ),
-    split: str = typer.Option("test", help="Qrels split to evaluate (tune on dev/train, report test)."),
+    split: str = typer.Option(
+        "test", metavar="SPLIT", help="Qrels split to evaluate (tune on dev/train, report test)."
+    ),
     output: Path | None = typer.Option(
         None,
         "--output",
         "-o",
+        metavar="FILE",
         help="Markdown table to write (default: ./<dataset>_<split>_eval.md); "
         "a .json with the same name is written beside it.",
     ),
     systems: str | None = typer.Option(
-        None, help="Comma-separated subset of systems to run (default: all configured)."
+        None, metavar="NAMES", help="Comma-separated subset of systems to run (default: all configured)."
     ),
-    max_queries: int | None = typer.Option(None, help="Evaluate only the first N queries (quick checks)."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    max_queries: int | None = typer.Option(
+        None, metavar="N", help="Evaluate only the first N queries (quick checks)."
+    ),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars or progress lines."),
+    progress_every: float = progress_every_option(),
 ) -> None:
     """Evaluate every configured system on a BEIR data set: nDCG@10, MRR@10, Recall@100, latency."""
     from medpg.evaluation import evaluate_dataset, render_markdown
@@ -115,7 +148,8 @@ def eval_command(
         split=split,
         systems=[s.strip() for s in systems.split(",")] if systems else None,
         max_queries=max_queries,
-        progress=not no_progress,
+        progress=False if no_progress else None,
+        progress_interval=progress_every,
         log=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True),
     )
     markdown = render_markdown(report)
@@ -158,20 +192,24 @@ def _filters(
 
 def register(app: typer.Typer) -> None:
     """Add the search commands to the top-level CLI."""
-    app.command("search")(search_command)
-    app.command("eval")(eval_command)
+    app.command("search", cls=Command)(search_command)
+    app.command("eval", cls=Command)(eval_command)
+
+
+def _summary(response: SearchResponse) -> str:
+    """What ran, the query's terms and the time taken, for the line above the results."""
+    terms = ", ".join(response.query_terms) or "(none)"
+    return (
+        f"mode {response.mode}, lexical {response.lexical}, fusion {response.fusion}"
+        f"{', reranked' if response.reranked else ''}; query terms: {terms}; "
+        f"sql {response.timings_ms.get('sql', 0):.1f} ms, total {response.timings_ms.get('total', 0):.1f} ms"
+    )
 
 
 def _print_table(response: SearchResponse) -> None:
     from rich.table import Table
 
-    terms = ", ".join(response.query_terms) or "(none)"
-    console.print(
-        f"[bold]{len(response.results)} results[/] — mode {response.mode}, lexical {response.lexical}, "
-        f"fusion {response.fusion}{', reranked' if response.reranked else ''}; query terms: {terms}; "
-        f"sql {response.timings_ms.get('sql', 0):.1f} ms, total {response.timings_ms.get('total', 0):.1f} ms",
-        highlight=False,
-    )
+    console.print(f"[bold]{len(response.results)} results[/] — {escape(_summary(response))}", highlight=False)
     table = Table(show_lines=True, expand=True)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("score", justify="right", no_wrap=True)

@@ -21,6 +21,7 @@ from medpg.embedding.space import name_first_model
 from medpg.embedding.switch import finish_model_switch
 from medpg.embedding.write import record_failures, write_vectors
 from medpg.errors import is_transient
+from medpg.progress import DEFAULT_INTERVAL, progress_bar
 
 if TYPE_CHECKING:
     from medpg.encoders import ArticleEncoder
@@ -154,16 +155,16 @@ class Embedder:
     def embed_pending(
         self,
         limit: int | None = None,
-        progress: bool = False,
+        progress: bool | None = False,
         on_batch: Callable[[BatchResult], None] | None = None,
+        progress_interval: float = DEFAULT_INTERVAL,
     ) -> EmbedReport:
         """Embed every pending chunk in this process (``medpg embed``, benchmarks), then finish a switch.
 
         Documents queued for chunking (changed by plain SQL) are chunked first. Failing chunks are
-        retried within the run until their attempts run out.
+        retried within the run until their attempts run out. ``progress`` (True or None): a bar on
+        a terminal, else a line with counts and rate every ``progress_interval`` seconds on stderr.
         """
-        from tqdm import tqdm
-
         self.ensure_ready()
         report = EmbedReport()
         started = time.perf_counter()
@@ -171,7 +172,9 @@ class Embedder:
         total = count_claimable(self.db, self.settings, self.model)
         if limit is not None:
             total = min(total, limit)
-        with tqdm(total=total, unit="chunk", disable=not progress, desc="embedding") as bar:
+        with progress_bar(
+            total, desc="embedding", unit="chunks", enabled=progress, interval=progress_interval
+        ) as bar:
             while limit is None or report.written < limit:
                 size = self.settings.embed_claim_size
                 if limit is not None:

@@ -18,11 +18,11 @@ The stages are modules: ``readers`` (file formats), ``validation`` (rows to Reco
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medpg.config import Settings
 from medpg.db.engine import Database
@@ -37,6 +37,10 @@ from medpg.ingest.readers import (
 )
 from medpg.ingest.validation import Record, RowError, check_source, read_records
 from medpg.ingest.writer import BatchResult, DocumentWriter, write_in_batches
+from medpg.progress import DEFAULT_INTERVAL, progress_bar
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,7 @@ def ingest_file(
     skip_invalid: bool = False,
     progress: bool | None = None,
     after_commit: Callable[[list[int]], None] | None = None,
+    progress_interval: float = DEFAULT_INTERVAL,
 ) -> IngestReport:
     """Validate every row of ``path``, then upsert the valid ones batch by batch.
 
@@ -103,7 +108,9 @@ def ingest_file(
     are skipped and listed in ``IngestReport.skipped``. A batch that fails in the database raises
     an error naming its refused rows and exactly the line ranges committed (see
     ``write_in_batches``). ``after_commit`` is called with the ids of inserted/changed documents
-    after each batch commits (background embedding uses it to enqueue work).
+    after each batch commits (background embedding uses it to enqueue work). ``progress`` (True
+    or None): a bar on a terminal, else a line with counts and rate every ``progress_interval``
+    seconds on stderr; False: silent.
     """
     path = resolve_input(Path(path))
     report = IngestReport(file=str(path), source=source or default_source(path))
@@ -117,30 +124,48 @@ def ingest_file(
         )
 
     # Pass 1: validate everything, so a bad row never leaves the database half-written.
-    validated = _validate_file(read, keep=path.stat().st_size <= KEEP_IN_MEMORY_BYTES)
+    validated = _validate_file(
+        read,
+        keep=path.stat().st_size <= KEEP_IN_MEMORY_BYTES,
+        bar=progress_bar(
+            None, desc=f"validate {path.name}", unit="rows", enabled=progress, interval=progress_interval
+        ),
+    )
     report.skipped.extend(validated.errors)
     if validated.errors and not skip_invalid:
         raise _invalid_rows_error(path, validated.errors)
     # Pass 2: write the valid rows.
     records = _valid_records(read, validated)
     _write_records(
-        writer, settings, report, records, total=validated.valid, progress=progress, after_commit=after_commit
+        writer,
+        settings,
+        report,
+        records,
+        total=validated.valid,
+        progress=progress,
+        progress_interval=progress_interval,
+        after_commit=after_commit,
     )
     report.seconds = time.perf_counter() - started
     _log_report(report)
     return report
 
 
-def _validate_file(read: Callable[[], Iterable[Record | RowError]], *, keep: bool) -> _Validated:
-    """Read and validate every row; keep the valid Records when ``keep`` (the file is small enough)."""
+def _validate_file(read: Callable[[], Iterable[Record | RowError]], *, keep: bool, bar: tqdm) -> _Validated:
+    """Read and validate every row; keep the valid Records when ``keep`` (the file is small enough).
+
+    ``bar`` counts the rows read (a large file takes a while before anything is written).
+    """
     validated = _Validated(errors=[], valid=0, kept=[] if keep else None)
-    for item in read():
-        if isinstance(item, RowError):
-            validated.errors.append(item)
-        else:
-            validated.valid += 1
-            if validated.kept is not None:
-                validated.kept.append(item)
+    with bar:
+        for item in read():
+            bar.update(1)
+            if isinstance(item, RowError):
+                validated.errors.append(item)
+            else:
+                validated.valid += 1
+                if validated.kept is not None:
+                    validated.kept.append(item)
     return validated
 
 
@@ -173,17 +198,21 @@ def _write_records(
     *,
     total: int,
     progress: bool | None = None,
+    progress_interval: float = DEFAULT_INTERVAL,
     after_commit: Callable[[list[int]], None] | None = None,
 ) -> None:
     """Write ``records`` with ``writer``'s parallel batches and count them in ``report``.
 
-    A progress bar of ``total`` documents shows on a terminal (or as ``progress`` says); the text
-    index is flushed at the end when anything was written.
+    Progress of ``total`` documents as ``progress_bar`` shows it (unless ``progress`` is False);
+    the text index is flushed at the end when anything was written.
     """
-    from tqdm import tqdm
-
-    show = sys.stderr.isatty() if progress is None else progress
-    with tqdm(total=total, unit="doc", disable=not show, desc=Path(report.file).name) as bar:
+    with progress_bar(
+        total,
+        desc=f"ingest {Path(report.file).name}",
+        unit="documents",
+        enabled=progress,
+        interval=progress_interval,
+    ) as bar:
 
         def committed(result: BatchResult) -> None:
             report.add(result)

@@ -2,7 +2,11 @@
 
 Retrieval and fusion run in one call of ``medpg.hybrid_search``; Python adds what SQL cannot do:
 the query embedding and the cross-encoder. ``search()`` reads as its steps: check the call, decide
-whether dense retrieval can run, load the reranker, encode, call SQL, rerank, build the response.
+whether dense retrieval can run and whether to rerank, encode, call SQL, rerank, build the response.
+
+The response says when its results are less than they seem (``SearchResponse.warnings``): an
+empty query, dense retrieval over part of the corpus, a filter no document matches, a skipped
+rerank. Warnings carry counts and setting names, never query or document text.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -19,7 +23,7 @@ import numpy as np
 
 from medpg.config import Settings, get_settings
 from medpg.db.engine import Database
-from medpg.errors import ConfigError, InputError
+from medpg.errors import ConfigError, InputError, ModelNotAvailableError
 from medpg.retrieval import arguments, sql
 from medpg.retrieval.arguments import MAX_CANDIDATES, MAX_K
 from medpg.retrieval.query import prepare_query
@@ -196,23 +200,85 @@ def _runnable_mode(
 # step 3: models (loaded lazily: a lexical search without a reranker never imports torch)
 
 
-def _cross_encoder(settings: Settings, rerank: bool | None) -> CrossEncoder | None:
-    """The cross-encoder to rerank with, or None; ``rerank=True`` without one is a ConfigError."""
-    cross = None
-    if rerank is not False and settings.rerank_top_k > 0:
-        from medpg.encoders import load_cross_encoder
+@dataclass(frozen=True)
+class _RerankPlan:
+    """Whether to rerank (the cross-encoder is configured and, as far as the disk tells, there)."""
 
-        cross = load_cross_encoder(settings)
-    if rerank is True and cross is None:
-        raise ConfigError(
-            "reranking was requested but no cross-encoder is configured (MEDPG_CROSS_ENCODER_MODEL, "
-            "MEDPG_RERANK_TOP_K)"
+    model: str | None
+    warning: str | None = None
+
+
+def _unavailable(model: str, detail: str) -> str:
+    why = f" ({detail})" if detail else ""
+    return f"the cross-encoder {model!r} is not available on this machine{why}"
+
+
+def _unavailable_warning(model: str, profile: str, detail: str) -> str:
+    from medpg.encoders.hub import how_to_get
+
+    return (
+        f"{_unavailable(model, detail)}, so the results are not reranked: {how_to_get('cross', profile)}; "
+        "MEDPG_CROSS_ENCODER_MODEL=none turns reranking off"
+    )
+
+
+def _rerank_plan(settings: Settings, rerank: bool | None) -> _RerankPlan:
+    """Decide before retrieval whether to rerank, without loading the model (or torch).
+
+    ``rerank=None`` (automatic) skips a configured cross-encoder that is not on this machine,
+    with a warning; ``rerank=True`` makes that, or no cross-encoder at all, an error.
+    """
+    from medpg.encoders.hub import how_to_get, locate_model
+    from medpg.encoders.profiles import resolve_profile
+
+    profile = resolve_profile(settings)
+    model = profile.cross_encoder_model if rerank is not False and settings.rerank_top_k > 0 else None
+    if model is None:
+        if rerank is True:
+            raise ConfigError(
+                "reranking was requested but no cross-encoder is configured (MEDPG_CROSS_ENCODER_MODEL, "
+                "MEDPG_RERANK_TOP_K)"
+            )
+        return _RerankPlan(None)
+    location = locate_model(model)
+    if location.available:
+        return _RerankPlan(model)
+    if rerank is True:
+        raise ModelNotAvailableError(
+            f"reranking was requested but {_unavailable(model, location.detail)}: "
+            f"{how_to_get('cross', profile.name)}"
         )
-    return cross
+    return _RerankPlan(None, _unavailable_warning(model, profile.name, location.detail))
+
+
+def _load_cross_encoder(
+    settings: Settings, plan: _RerankPlan, rerank: bool | None, notify: Callable[[str], None] | None
+) -> tuple[CrossEncoder | None, str | None]:
+    """The planned cross-encoder, loaded; with ``rerank=None`` a model that fails to load is a warning."""
+    if plan.model is None:
+        return None, None
+    from medpg.encoders import load_cross_encoder
+
+    if notify is not None:
+        notify("loading the cross-encoder...")
+    try:
+        return load_cross_encoder(settings), None
+    except ModelNotAvailableError:
+        if rerank is True:
+            raise
+        from medpg.encoders.profiles import resolve_profile
+
+        return None, _unavailable_warning(
+            plan.model, resolve_profile(settings).name, "it could not be loaded"
+        )
 
 
 def _encode_query(
-    settings: Settings, text: str, run_mode: SearchMode | None, timings: dict[str, float]
+    settings: Settings,
+    text: str,
+    run_mode: SearchMode | None,
+    timings: dict[str, float],
+    notify: Callable[[str], None] | None,
 ) -> np.ndarray | None:
     """The query embedding when the mode that runs needs one."""
     if run_mode not in ("hybrid", "dense"):
@@ -220,6 +286,8 @@ def _encode_query(
     from medpg.encoders import load_query_encoder
 
     t0 = time.perf_counter()
+    if notify is not None:
+        notify("loading the query encoder...")
     embedding: np.ndarray = load_query_encoder(settings).encode_queries([text])[0]
     timings["encode"] = (time.perf_counter() - t0) * 1000
     return embedding
@@ -237,6 +305,7 @@ class _Retrieved:
     rows: list[sql.Row]
     docs: dict[int, sql.DocumentInfo]
     chunks: dict[int, str]
+    warnings: tuple[str, ...] = ()
 
 
 def _retrieve(
@@ -249,7 +318,12 @@ def _retrieve(
     *,
     log_text: bool,
 ) -> _Retrieved:
-    """Rank in ``medpg.hybrid_search`` and fetch titles and evidence passages, read-only."""
+    """Rank in ``medpg.hybrid_search`` and fetch titles and evidence passages, read-only.
+
+    On the same connection: how much of the corpus dense retrieval read, and, only when nothing
+    was found, whether the filters match any document at all (each a cheap count or EXISTS).
+    """
+    warnings: list[str] = []
     with db.connect() as conn:
         terms = sql.query_lexemes(conn, request.text, log_text=log_text)
         rows: list[sql.Row] = []
@@ -258,12 +332,71 @@ def _retrieve(
             vector = embedding if run_mode != "lexical" else None
             rows = sql.hybrid_search(conn, request.text, vector, params, request.filters, log_text=log_text)
             timings["sql"] = (time.perf_counter() - t0) * 1000
+        if run_mode in ("hybrid", "dense"):
+            warnings.extend(_coverage_warning(sql.dense_coverage(conn)))
+        if not rows and request.filters.active:
+            warnings.extend(_filter_warnings(conn, request.filters))
         docs = sql.documents(conn, [r.document_id for r in rows], log_text=log_text)
         chunks = sql.chunk_texts(
             conn, [r.chunk_id for r in rows if r.chunk_id is not None], log_text=log_text
         )
         conn.rollback()
-    return _Retrieved(terms, rows, docs, chunks)
+    return _Retrieved(terms, rows, docs, chunks, tuple(warnings))
+
+
+def _percent(part: int, whole: int) -> str:
+    """A share as a whole percentage that never reads 0% or 100% for a part strictly between."""
+    share = 100 * part / whole if whole else 0.0
+    if 0 < share < 1:
+        return "<1%"
+    if 99 < share < 100:
+        return ">99%"
+    return f"{share:.0f}%"
+
+
+def _coverage_warning(coverage: sql.Coverage) -> list[str]:
+    if coverage.complete:
+        return []
+    return [
+        f"dense retrieval covered {coverage.embedded:,} of {coverage.total:,} chunks "
+        f"({_percent(coverage.embedded, coverage.total)}); the rest have no current vector yet: "
+        "run `medpg embed` (or start a worker)"
+    ]
+
+
+# Filters checked one at a time when together they match nothing: (label, Filters fields).
+_FILTER_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("sources", ("sources",)),
+    ("metadata", ("metadata",)),
+    ("date_from/date_to", ("date_from", "date_to")),
+    ("patient_ids", ("patient_ids",)),
+)
+
+
+def _filter_warnings(conn: Any, filters: Filters) -> list[str]:
+    """Say which filters match no document at all, or that they match none together.
+
+    Filter values are never quoted (patient ids are health information); stored source names
+    are listed, since a mistyped source is the usual cause.
+    """
+    if sql.any_document_matches(conn, filters):
+        return []
+    warnings: list[str] = []
+    for label, names in _FILTER_GROUPS:
+        given = {name: getattr(filters, name) for name in names if getattr(filters, name) is not None}
+        if not given or sql.any_document_matches(conn, Filters(**given)):
+            continue
+        if label == "sources":
+            known = sql.stored_sources(conn, limit=10)
+            listed = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+            warnings.append(
+                f"the sources filter matches no document; stored sources: {listed or 'none (the database is empty)'}"
+            )
+        else:
+            warnings.append(f"the {label} filter matches no document")
+    if not warnings:
+        warnings.append("no document matches all the filters together (each matches some documents alone)")
+    return warnings
 
 
 def _evidence_text(found: _Retrieved, row: sql.Row) -> str:
@@ -373,6 +506,7 @@ def search(
     settings: Settings | None = None,
     candidates: int | None = None,
     query_embedding: np.ndarray | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> SearchResponse:
     """Search documents; results best first, each with an explanation and its evidence passage.
 
@@ -382,7 +516,9 @@ def search(
     False turns it off. ``filters``: a Filters or a dict with sources, metadata (jsonb containment),
     date_from / date_to (half-open) and patient_ids. ``candidates``: per retriever, 1 to
     MAX_CANDIDATES (None: MEDPG_CANDIDATES). ``query_embedding`` skips encoding (benchmarks).
-    Every argument is checked first: a bad one is an InputError naming it.
+    ``notify`` is called with a short line before a model is loaded (the CLI prints it).
+    Every argument is checked first: a bad one is an InputError naming it. An empty or
+    whitespace-only query returns no results and a warning, without touching the database.
     """
     settings = settings or get_settings()
     db = db or default_database(settings)
@@ -390,24 +526,35 @@ def search(
     request = _request(
         settings, query, k, mode, lexical, fusion, filters, rerank, candidates, query_embedding
     )
+    if not request.text.strip():
+        return _empty_query_response(request, started)
     _check_schema_once(db)
     timings: dict[str, float] = {}
 
     run_mode, warning = _runnable_mode(db, settings, request.mode, request.embedding)
-    cross = _cross_encoder(settings, request.rerank)
+    warnings = [warning] if warning is not None else []
+    plan = _rerank_plan(settings, request.rerank)
+    if plan.warning is not None:
+        warnings.append(plan.warning)
     embedding = request.embedding
     if embedding is None:
-        embedding = _encode_query(settings, request.text, run_mode, timings)
+        embedding = _encode_query(settings, request.text, run_mode, timings, notify)
     params = search_params(
         settings,
         # the reranker reads the first MEDPG_RERANK_TOP_K rows even when fewer are returned
-        k=max(request.k, settings.rerank_top_k) if cross is not None else request.k,
+        k=max(request.k, settings.rerank_top_k) if plan.model is not None else request.k,
         mode=run_mode or "lexical",  # unused when nothing runs; the SQL still wants a valid mode
         lexical=request.lexical,
         fusion=request.fusion,
         candidates=request.candidates,
     )
     found = _retrieve(db, request, run_mode, embedding, params, timings, log_text=settings.log_text)
+    warnings.extend(found.warnings)
+    cross = None
+    if found.rows:  # nothing to rerank: the model is not loaded
+        cross, load_warning = _load_cross_encoder(settings, plan, request.rerank, notify)
+        if load_warning is not None:
+            warnings.append(load_warning)
     ranking = _rerank(cross, request.text, found, settings, timings)
     results = _results(found, ranking, request.k)
 
@@ -426,9 +573,34 @@ def search(
         fusion=request.fusion,
         reranked=bool(ranking.rerank_scores),
         query_terms=found.terms,
-        warnings=(warning,) if warning is not None else (),
+        warnings=tuple(warnings),
         timings_ms=timings,
     )
 
 
-__all__ = ["MAX_CANDIDATES", "MAX_K", "default_database", "dense_status", "search", "search_params"]
+EMPTY_QUERY_WARNING = "the query is empty (or only whitespace): there is nothing to search for"
+
+
+def _empty_query_response(request: _Request, started: float) -> SearchResponse:
+    """No results for an empty query: any ranking of it (dense neighbours of "") would be arbitrary."""
+    return SearchResponse(
+        results=[],
+        mode=request.mode,
+        lexical=request.lexical,
+        fusion=request.fusion,
+        reranked=False,
+        query_terms=(),
+        warnings=(EMPTY_QUERY_WARNING,),
+        timings_ms={"total": (time.perf_counter() - started) * 1000},
+    )
+
+
+__all__ = [
+    "EMPTY_QUERY_WARNING",
+    "MAX_CANDIDATES",
+    "MAX_K",
+    "default_database",
+    "dense_status",
+    "search",
+    "search_params",
+]

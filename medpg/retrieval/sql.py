@@ -79,6 +79,20 @@ FROM medpg.documents WHERE id = ANY(%s)
 """
 _CHUNK_TEXTS = "SELECT id, text FROM medpg.chunks WHERE id = ANY(%s)"
 _EMBEDDING_SPACE_MODEL = "SELECT model FROM medpg.embedding_space"
+# Chunks without a current vector: the predicate of medpg.chunk_vector_outdated written out, so
+# the partial index chunks_pending_idx (exactly these chunks) answers it without reading the rest.
+_CHUNKS_WITHOUT_VECTOR = (
+    "SELECT count(*) FROM medpg.chunks c WHERE c.embedded_hash IS DISTINCT FROM c.content_hash"
+)
+_CHUNK_COUNT = "SELECT count(*) FROM medpg.chunks"
+_ANY_DOCUMENT_MATCHES = """
+SELECT EXISTS (
+    SELECT 1 FROM medpg.documents d
+    WHERE medpg.document_matches(d, %(sources)s::text[], %(metadata_contains)s::jsonb,
+                                 %(date_from)s::timestamptz, %(date_to)s::timestamptz,
+                                 %(patient_ids)s::text[]))
+"""
+_SOURCES = "SELECT DISTINCT source FROM medpg.documents ORDER BY source LIMIT %s"
 
 
 def filter_params(filters: Filters) -> dict[str, Any]:
@@ -210,11 +224,49 @@ def embedding_space_model(conn: psycopg.Connection[Any]) -> str | None:
     return row[0] if row else None
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """How many chunks dense retrieval can read (a current vector) out of all chunks."""
+
+    embedded: int
+    total: int
+
+    @property
+    def complete(self) -> bool:
+        return self.embedded >= self.total
+
+
+def dense_coverage(conn: psycopg.Connection[Any]) -> Coverage:
+    """Chunks with a current vector vs all chunks; the full count runs only when some lack one."""
+    row = conn.execute(_CHUNKS_WITHOUT_VECTOR).fetchone()
+    missing = int(row[0]) if row else 0
+    if missing == 0:
+        return Coverage(0, 0)
+    total_row = conn.execute(_CHUNK_COUNT).fetchone()
+    total = int(total_row[0]) if total_row else 0
+    return Coverage(max(total - missing, 0), total)
+
+
+def any_document_matches(conn: psycopg.Connection[Any], filters: Filters) -> bool:
+    """Whether at least one document passes ``filters`` (``medpg.document_matches``), by EXISTS."""
+    with search_errors(False):
+        row = conn.execute(_ANY_DOCUMENT_MATCHES, filter_params(filters)).fetchone()
+    return bool(row and row[0])
+
+
+def stored_sources(conn: psycopg.Connection[Any], limit: int = 10) -> list[str]:
+    """Up to ``limit`` source names in the database, sorted (to say which ones exist)."""
+    return [r[0] for r in conn.execute(_SOURCES, (limit + 1,)).fetchall()]
+
+
 __all__ = [
+    "Coverage",
     "DocumentInfo",
     "Row",
     "SearchParams",
+    "any_document_matches",
     "chunk_texts",
+    "dense_coverage",
     "documents",
     "embedding_space_model",
     "error_message",
@@ -222,4 +274,5 @@ __all__ = [
     "hybrid_search",
     "query_lexemes",
     "search_errors",
+    "stored_sources",
 ]
