@@ -192,11 +192,14 @@ def _metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]])
     from ranx import Qrels, Run
     from ranx import evaluate as ranx_evaluate
 
+    from medpg.dependency_warnings import ranx_compiling_quietly
+
     # ranx needs every judged query in the run; an empty result scores 0.
     filled = {q: (run.get(q) or {"__no_result__": 0.0}) for q in qrels}
-    scores = ranx_evaluate(
-        Qrels(qrels), Run(filled), ["ndcg@10", "mrr@10", "recall@100"], make_comparable=True
-    )
+    with ranx_compiling_quietly():
+        scores = ranx_evaluate(
+            Qrels(qrels), Run(filled), ["ndcg@10", "mrr@10", "recall@100"], make_comparable=True
+        )
     return {k: float(v) for k, v in scores.items()}
 
 

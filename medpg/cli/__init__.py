@@ -61,7 +61,7 @@ def ingest(
 
     PATH may be a BEIR data set directory: its corpus.jsonl is read.
     """
-    from medpg.db import check_schema
+    from medpg import schema
     from medpg.ingest import ingest_file, resolve_input
 
     if fmt not in ("auto", "jsonl", "csv"):
@@ -69,7 +69,7 @@ def ingest(
     path = resolve_input(path)  # a missing file is the user's mistake, reported before the database
     cfg = settings()
     db = database()
-    check_schema(db)
+    schema.check(db)
     report = ingest_file(
         db,
         cfg,

@@ -52,15 +52,28 @@ def error_line(exc: MedpgError) -> str:
     return f"[bold red]error:[/] {escape(str(exc))}{hint}"
 
 
-def settings() -> Settings:
-    return get_settings()
+_opened: tuple[Settings, bool, Database] | None = None
 
 
-def database() -> Database:
-    """The configured database; on a first run, say that the embedded server is being created."""
-    cfg = settings()
+def database(strict: bool = False) -> Database:
+    """The configured database, its settings following the model that made its vectors when the user
+    chose none (``medpg.stored_model``); ``strict``: fail when that model cannot be loaded here
+    (commands that encode). On a first run, say that the embedded server is being created."""
+    global _opened
+    cfg = get_settings()
+    if _opened is not None and _opened[0] is cfg and (_opened[1] or not strict):
+        return _opened[2]
+    from medpg.stored_model import open_database
+
     announce_first_run(cfg)
-    return Database(cfg)
+    db = open_database(cfg, strict=strict)
+    _opened = (cfg, strict, db)
+    return db
+
+
+def settings() -> Settings:
+    """The settings commands pass to the core: those of ``database()``."""
+    return database().settings
 
 
 def announce_first_run(cfg: Settings) -> None:

@@ -20,8 +20,8 @@ from medpg.cli.common import (
     database,
     err_console,
     handle_errors,
-    settings,
 )
+from medpg.config import get_settings
 from medpg.db import migrate, schema_state
 from medpg.db.embedded import libpq_url, psql_path
 from medpg.db.keeper import keeper_files, running_keeper
@@ -68,7 +68,7 @@ def status() -> None:
 
 
 def _embedded_only(what: str) -> None:
-    if settings().database_url is not None:
+    if get_settings().database_url is not None:
         raise ConfigError(
             f"`medpg db {what}` manages the embedded server; MEDPG_DATABASE_URL points at another server, "
             "which medpg does not start or stop"
@@ -79,7 +79,7 @@ def _embedded_only(what: str) -> None:
 @handle_errors
 def url() -> None:
     """Print a libpq connection string (for psql or another SQL client) to medpg's database."""
-    cfg = settings()
+    cfg = get_settings()
     if cfg.database_url is not None:
         console.print(libpq_url(cfg.database_url), highlight=False, soft_wrap=True)
         return
@@ -100,7 +100,7 @@ def url() -> None:
 def start() -> None:
     """Keep the embedded server running for other clients until `medpg db stop`."""
     _embedded_only("start")
-    cfg = settings()
+    cfg = get_settings()
     pid = running_keeper(cfg.data_dir)
     if pid is None:
         announce_first_run(cfg)
@@ -138,7 +138,7 @@ def _spawn_keeper(data_dir: Path, database_name: str) -> int:
 def stop() -> None:
     """Stop keeping the embedded server running (it stops once no medpg process uses it)."""
     _embedded_only("stop")
-    cfg = settings()
+    cfg = get_settings()
     pid = running_keeper(cfg.data_dir)
     if pid is None:
         console.print("no `medpg db start` keeper is running for this data directory")
@@ -165,7 +165,7 @@ def shell() -> None:
         raise ConfigError(
             "psql was not found: install the PostgreSQL client, or use `medpg db url` with your own"
         )
-    cfg = settings()
+    cfg = get_settings()
     target = (
         cfg.database_url
         if cfg.database_url is not None

@@ -54,11 +54,11 @@ def embed(
     progress_every: float = progress_every_option(),
 ) -> None:
     """Embed chunks that need a vector, in this process (no broker needed), or enqueue them."""
-    from medpg.db import check_schema
+    from medpg import schema
 
-    cfg = settings()
-    db = database()
-    check_schema(db)
+    db = database(strict=True)
+    cfg = db.settings
+    schema.check(db)
     if reconcile and not cfg.broker_url:
         raise ConfigError(NO_BROKER.format(what="--reconcile"))
     if retry_failed:
@@ -169,11 +169,11 @@ def worker(
 
 def _check_database(cfg: Settings) -> None:
     """Fail here, in one line, rather than in every task; leave no connection to forked processes."""
-    from medpg.db import check_schema
+    from medpg import schema
 
     db = Database(cfg)
     try:
-        check_schema(db)
+        schema.check(db)
     finally:
         db.dispose()
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from medpg.cli.common import Command, Group, console, handle_errors, settings
-from medpg.config import Settings
+from medpg.cli.common import Command, Group, console, handle_errors
+from medpg.config import Settings, get_settings
 from medpg.encoders import hub
 from medpg.encoders.profiles import profile_models
 from medpg.errors import ConfigError, ModelNotAvailableError
@@ -22,6 +22,11 @@ app = typer.Typer(cls=Group, no_args_is_help=True, help="Check and download the 
 
 STOCK_PROFILES: tuple[ModelProfile, ...] = ("medcpt", "minilm")
 _ROLE_LABEL = {"query": "query encoder", "article": "article encoder", "cross": "cross-encoder"}
+
+
+def settings() -> Settings:
+    """The configuration as set: checking models needs no database (and no stored-model lookup)."""
+    return get_settings()
 
 
 def stock_settings(configured: Settings, profile: ModelProfile) -> Settings:

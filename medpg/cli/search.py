@@ -17,7 +17,6 @@ from medpg.cli.common import (
     handle_errors,
     notify,
     progress_every_option,
-    settings,
 )
 from medpg.vocabulary import FUSION_METHODS, LEXICAL_SCORERS, SEARCH_MODES
 
@@ -86,6 +85,8 @@ def search_command(
 
     from medpg.retrieval import search as run_search
 
+    # Encoding needs the model that made the stored vectors; lexical search needs none.
+    db = database(strict=mode != "lexical")
     response = run_search(
         query,
         k=k,
@@ -94,8 +95,8 @@ def search_command(
         fusion=fusion,
         rerank=rerank,
         filters=_filters(source, metadata, date_from, date_to, patient),
-        settings=settings(),
-        db=database(),
+        settings=db.settings,
+        db=db,
         notify=notify,
     )
     if as_json:
@@ -138,11 +139,12 @@ def eval_command(
     """Evaluate every configured system on a BEIR data set: nDCG@10, MRR@10, Recall@100, latency."""
     from medpg.evaluation import evaluate_dataset, render_markdown
 
-    cfg = settings()
+    db = database(strict=True)
+    cfg = db.settings
     name = dataset_dir.resolve().name
     out = output or Path(f"{name}_{split}_eval.md")
     report = evaluate_dataset(
-        database(),
+        db,
         cfg,
         dataset_dir,
         split=split,

@@ -96,10 +96,14 @@ def how_to_get(role: Role, profile: str) -> str:
     )
 
 
+# What each role's model is called in messages.
+ROLE_LABEL: dict[str, str] = {"query": "query encoder", "article": "article encoder", "cross": "cross-encoder"}
+
+
 def missing_model_message(model: str, role: Role, profile: str, detail: str = "") -> str:
     """One line saying which model is missing and the two ways to get it."""
     why = f" ({detail})" if detail else ""
-    return f"{role} model {model!r} is not available on this machine{why}: {how_to_get(role, profile)}"
+    return f"the {ROLE_LABEL[role]} {model!r} is not available on this machine{why}: {how_to_get(role, profile)}"
 
 
 def require_model(model: str, role: Role, profile: str) -> ModelLocation:

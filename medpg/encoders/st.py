@@ -193,7 +193,7 @@ class STCrossEncoder:
                 f"cross-encoder {spec.model!r} has {self.model.num_labels} output labels; medpg needs a "
                 "reranker with one logit (set MEDPG_CROSS_ENCODER_MODEL to a reranker, or 'none')"
             )
-        log.info("loaded cross model %s on %s", self.model_name, spec.device)
+        log.info("loaded cross-encoder %s on %s", self.model_name, spec.device)
 
     def rerank(self, query: str, candidates: Sequence[RerankCandidate]) -> list[tuple[Any, float]]:
         """(id, score) for every candidate, best first; raw logits divided by the temperature."""
