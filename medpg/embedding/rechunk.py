@@ -8,16 +8,16 @@ reconcile before enqueueing. Each changed chunk gets a new content hash and so i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import psycopg
 
-from medpg.chunking import Chunker, chunk_hash
+from medpg.chunking import Chunker
 from medpg.config import Settings
 from medpg.db.engine import Database
+from medpg.ingest.writer import replace_chunks
 
 BATCH_DOCUMENTS = 200
 
@@ -32,11 +32,6 @@ FOR UPDATE OF q SKIP LOCKED
 FOR SHARE OF d SKIP LOCKED
 """
 
-_REPLACE = """
-SELECT medpg.replace_chunks(%(docs)s::bigint[], %(ordinals)s::integer[], %(texts)s::text[],
-                            %(starts)s::integer[], %(ends)s::integer[], %(tokens)s::integer[],
-                            %(hashes)s::bytea[])
-"""
 
 _DEQUEUE = "DELETE FROM medpg.chunking_queue WHERE document_id = ANY(%s)"
 _QUEUED = "SELECT count(*) FROM medpg.chunking_queue"
@@ -72,25 +67,6 @@ def queued_documents(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-def _replace(conn: psycopg.Connection[Any], chunker: Chunker, rows: Sequence[tuple[int, str, str]]) -> int:
-    arrays: dict[str, list[Any]] = {
-        k: [] for k in ("docs", "ordinals", "texts", "starts", "ends", "tokens", "hashes")
-    }
-    for (doc_id, title, _body), chunks in zip(
-        rows, chunker.chunk_many([r[1] for r in rows], [r[2] for r in rows]), strict=True
-    ):
-        for ch in chunks:
-            arrays["docs"].append(doc_id)
-            arrays["ordinals"].append(ch.ordinal)
-            arrays["texts"].append(ch.text)
-            arrays["starts"].append(ch.char_start)
-            arrays["ends"].append(ch.char_end)
-            arrays["tokens"].append(ch.token_count)
-            arrays["hashes"].append(chunk_hash(title, ch.text))
-    row = conn.execute(_REPLACE, arrays).fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
-
-
 def rechunk_pending(db: Database, settings: Settings, limit: int | None = None) -> RechunkReport:
     """Chunk every queued document (at most ``limit``), one transaction per batch; ids of chunks
     that now need a vector are found by the usual claim and reconcile."""
@@ -104,7 +80,7 @@ def rechunk_pending(db: Database, settings: Settings, limit: int | None = None) 
                 conn.rollback()
                 break
             chunker = chunker or chunker_for(settings)
-            report.chunks_written += _replace(conn, chunker, rows)
+            report.chunks_written += replace_chunks(conn, chunker, rows)
             conn.execute(_DEQUEUE, ([r[0] for r in rows],))
             conn.commit()
         report.documents += len(rows)

@@ -22,7 +22,6 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg import sql
 
 from medpg.chunking import Chunker, chunk_hash
 from medpg.config import Settings
@@ -36,10 +35,6 @@ _STAGE_SQL = """
 CREATE TEMP TABLE IF NOT EXISTS _medpg_stage_docs (
     external_id text, title text, body text, metadata jsonb, patient_id text,
     document_date timestamptz, content_hash bytea
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS _medpg_stage_chunks (
-    document_id bigint, ordinal integer, text text, char_start integer, char_end integer,
-    token_count integer, content_hash bytea
 ) ON COMMIT DELETE ROWS;
 """
 
@@ -73,35 +68,16 @@ WHERE d.content_hash IS DISTINCT FROM EXCLUDED.content_hash
 RETURNING d.id, d.external_id, (xmax = 0) AS inserted
 """
 
-# New documents' chunks go into medpg.chunks, changed documents' into the stage table first.
-_COPY_CHUNKS = sql.SQL(
-    "COPY {table} (document_id, ordinal, text, char_start, char_end, token_count, content_hash) FROM STDIN"
-)
-_CHUNKS = sql.Identifier("medpg", "chunks")
-_STAGE_CHUNKS = sql.Identifier("_medpg_stage_chunks")
-
-# A chunk whose text is unchanged keeps its vector and attempt count; a changed one is pending
-# again because its content_hash no longer equals embedded_hash.
-_UPSERT_CHUNKS = """
-INSERT INTO medpg.chunks AS c
-    (document_id, ordinal, text, char_start, char_end, token_count, content_hash)
-SELECT document_id, ordinal, text, char_start, char_end, token_count, content_hash
-FROM _medpg_stage_chunks
-ORDER BY document_id, ordinal
-ON CONFLICT (document_id, ordinal) DO UPDATE SET
-    text = EXCLUDED.text, char_start = EXCLUDED.char_start, char_end = EXCLUDED.char_end,
-    token_count = EXCLUDED.token_count, content_hash = EXCLUDED.content_hash,
-    attempts = CASE WHEN c.content_hash = EXCLUDED.content_hash THEN c.attempts ELSE 0 END,
-    last_error = CASE WHEN c.content_hash = EXCLUDED.content_hash THEN c.last_error END,
-    failed_at = CASE WHEN c.content_hash = EXCLUDED.content_hash THEN c.failed_at END
-WHERE (c.content_hash, c.char_start, c.char_end, c.token_count)
-      IS DISTINCT FROM (EXCLUDED.content_hash, EXCLUDED.char_start, EXCLUDED.char_end, EXCLUDED.token_count)
+# New documents' chunks are copied straight in; changed documents' chunks replace theirs through
+# medpg.replace_chunks (080_chunking.sql): the one definition of which vectors survive an edit, shared
+# with the re-chunking of documents changed in plain SQL.
+_COPY_CHUNKS = """
+COPY medpg.chunks (document_id, ordinal, text, char_start, char_end, token_count, content_hash) FROM STDIN
 """
-
-_DELETE_EXTRA_CHUNKS = """
-DELETE FROM medpg.chunks c
-USING (SELECT document_id, max(ordinal) AS last FROM _medpg_stage_chunks GROUP BY document_id) s
-WHERE c.document_id = s.document_id AND c.ordinal > s.last
+_REPLACE_CHUNKS = """
+SELECT medpg.replace_chunks(%(docs)s::bigint[], %(ordinals)s::integer[], %(texts)s::text[],
+                            %(starts)s::integer[], %(ends)s::integer[], %(tokens)s::integer[],
+                            %(hashes)s::bytea[])
 """
 
 _WRITER_CHUNKS = "SELECT set_config('medpg.writer_chunks', 'on', true)"
@@ -309,12 +285,14 @@ class DocumentWriter:
         return [(int(doc_id), str(ext), bool(was_inserted)) for doc_id, ext, was_inserted in rows]
 
     def _write_chunks(self, conn: Connection, docs: list[tuple[int, Record]], *, replace: bool) -> int:
-        """Chunk ``docs``; new documents' chunks are copied in, changed ones' chunks upserted."""
+        """Chunk ``docs``; new documents' chunks are copied in, changed ones' chunks replaced."""
         if not docs:
             return 0
+        if replace:
+            return replace_chunks(conn, self.chunker, [(doc_id, r.title, r.body) for doc_id, r in docs])
         chunk_lists = self.chunker.chunk_many([r.title for _, r in docs], [r.body for _, r in docs])
         n = 0
-        with conn.cursor().copy(_COPY_CHUNKS.format(table=_STAGE_CHUNKS if replace else _CHUNKS)) as copy:
+        with conn.cursor().copy(_COPY_CHUNKS) as copy:
             for (doc_id, rec), chunks in zip(docs, chunk_lists, strict=True):
                 for ch in chunks:
                     copy.write_row(
@@ -329,11 +307,28 @@ class DocumentWriter:
                         )
                     )
                     n += 1
-        if not replace:
-            return n
-        written: int = conn.execute(_UPSERT_CHUNKS).rowcount
-        conn.execute(_DELETE_EXTRA_CHUNKS)
-        return written
+        return n
+
+
+def replace_chunks(conn: Connection, chunker: Chunker, docs: Sequence[tuple[int, str, str]]) -> int:
+    """Cut ``docs`` (id, title, body) into chunks and replace their stored ones; returns the chunks
+    inserted or changed. A chunk whose text is unchanged keeps its vector; a changed one is pending
+    again (its content hash no longer equals the embedded one)."""
+    arrays: dict[str, list[Any]] = {
+        k: [] for k in ("docs", "ordinals", "texts", "starts", "ends", "tokens", "hashes")
+    }
+    chunk_lists = chunker.chunk_many([d[1] for d in docs], [d[2] for d in docs])
+    for (doc_id, title, _body), chunks in zip(docs, chunk_lists, strict=True):
+        for ch in chunks:
+            arrays["docs"].append(doc_id)
+            arrays["ordinals"].append(ch.ordinal)
+            arrays["texts"].append(ch.text)
+            arrays["starts"].append(ch.char_start)
+            arrays["ends"].append(ch.char_end)
+            arrays["tokens"].append(ch.token_count)
+            arrays["hashes"].append(chunk_hash(title, ch.text))
+    row = conn.execute(_REPLACE_CHUNKS, arrays).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def _document_row(r: Record, hashes: dict[str, bytes]) -> tuple[Any, ...]:
