@@ -7,5 +7,6 @@ RUN pip install "$TORCH"
 COPY pyproject.toml README.md ./
 COPY medpg ./medpg
 COPY workers ./workers
+COPY migrations ./migrations
 RUN pip install .
 ENTRYPOINT ["medpg"]
