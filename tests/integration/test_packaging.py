@@ -93,3 +93,13 @@ def test_installed_wheel_migrates_a_fresh_database(
     )
     assert out.returncode == 0, out.stderr
     assert "is at revision 0007" in out.stdout
+
+
+def test_the_image_copies_every_installed_directory() -> None:
+    """docker-compose builds the image with `pip install .`: each directory the package installs is copied."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    tops = {p.split(".")[0] for p in config["packages"]} | set(config["package-dir"].values())
+    tops.discard("medpg.migrations")
+    for top in sorted(tops):
+        assert f"COPY {top} ./{top}" in dockerfile, top
