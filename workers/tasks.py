@@ -87,14 +87,17 @@ def set_encoder_factory(factory: EncoderFactory | None) -> None:
 
 
 def _settings() -> Settings:
-    if _process.settings is None:
-        _process.settings = get_settings()
-    return _process.settings
+    """This process's settings: those of its database handle (they follow the stored model)."""
+    return _db().settings
 
 
 def _db() -> Database:
+    """The database, opened once per process with settings that follow the model its vectors were
+    made with when none was chosen (``medpg.stored_model``), as the CLI does."""
     if _process.db is None:
-        _process.db = Database(_settings())
+        from medpg.stored_model import open_database
+
+        _process.db = open_database(_process.settings or get_settings())
     return _process.db
 
 

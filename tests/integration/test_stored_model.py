@@ -156,3 +156,17 @@ def test_a_fresh_data_directory_is_not_started_to_look(tmp_path: Path) -> None:
     db = open_database(settings, strict=True)
     assert db.settings is settings
     assert not (tmp_path / "fresh").exists()  # no server was initialised just to find no vectors
+
+
+def test_a_worker_process_follows_the_stored_model(minilm_db: Database) -> None:
+    """`celery -A workers.celery_app worker` with only the database set embeds with the stored
+    model's profile, as the CLI does, instead of the MedCPT default."""
+    from workers import tasks
+
+    tasks.use_settings(unchosen(minilm_db))
+    try:
+        embedder = tasks.embedder()
+        assert embedder.settings.model_profile == "minilm"
+        assert embedder.model == article_model_identity(minilm_db.settings)
+    finally:
+        tasks.use_settings(minilm_db.settings)  # also drops the handle opened here
