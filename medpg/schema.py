@@ -7,7 +7,7 @@ them, the article encoder's dimension and similarity (from the model profile, wi
 from __future__ import annotations
 
 from medpg.config import Settings
-from medpg.db import Database, migrate
+from medpg.db import Database
 from medpg.db.schema import EmbeddingSpace, SchemaState, check_schema
 
 
@@ -23,6 +23,8 @@ def configured_space(settings: Settings) -> EmbeddingSpace:
 
 def upgrade(db: Database, revision: str = "head") -> None:
     """Migrate to ``revision``; a new schema gets the configured encoder's vector space."""
+    from medpg.db import migrate  # Alembic: imported only by commands that migrate
+
     migrate.upgrade(db, revision, configured_space(db.settings))
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.resources import as_file, files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,25 +26,21 @@ import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from medpg.db.revisions import (
+    MIGRATIONS_PACKAGE,
+    VERSION_TABLE,
+    current_revision,
+    head_revision,
+    migrations_dir,
+)
 from medpg.db.schema import EmbeddingSpace
 from medpg.errors import ConfigError, DatabaseError, DatabaseUnavailableError, SchemaError, is_transient
 
 if TYPE_CHECKING:
     from medpg.db.engine import Database
-
-VERSION_TABLE = "medpg_alembic_version"
-MIGRATIONS_PACKAGE = "medpg.migrations"
-
-
-@contextmanager
-def migrations_dir() -> Iterator[Path]:
-    """The installed ``migrations/`` directory (a real path, as Alembic needs one)."""
-    with as_file(files(MIGRATIONS_PACKAGE)) as path:
-        yield Path(path)
 
 
 def idempotent_files(root: Path) -> list[Path]:
@@ -88,13 +83,6 @@ def _config(root: Path, space: EmbeddingSpace | None) -> Config:
     if space is not None:
         cfg.attributes["embedding_space"] = {"dimension": space.dimension, "similarity": space.similarity}
     return cfg
-
-
-def head_revision() -> str:
-    with migrations_dir() as root:
-        head = ScriptDirectory(str(root)).get_current_head()
-    assert head is not None
-    return head
 
 
 def _orig(exc: DBAPIError) -> str:
@@ -183,15 +171,6 @@ def downgrade(db: Database, revision: str = "base") -> None:
 def _current(conn: Connection) -> str | None:
     ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
     return ctx.get_current_revision()
-
-
-def current_revision(db: Database) -> str | None:
-    """The revision the database is at, or None before the first migration."""
-    try:
-        with db.begin() as conn:
-            return _current(conn)
-    except DBAPIError as exc:
-        raise DatabaseError(f"cannot read the schema version: {_orig(exc)}") from None
 
 
 __all__ = [

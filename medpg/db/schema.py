@@ -39,7 +39,7 @@ class SchemaState:
 
 
 def schema_state(db: Database) -> SchemaState:
-    from medpg.db.migrate import current_revision, head_revision
+    from medpg.db.revisions import current_revision, head_revision
 
     revision = current_revision(db)
     dim = similarity = model = None

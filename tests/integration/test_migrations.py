@@ -315,3 +315,19 @@ def test_upgrade_indexes_documents_the_lexical_index_missed(
         found = conn.execute("SELECT document_id FROM medpg.bm25_search('cholesterol')").fetchall()
     assert corpus == (2, 3) and len(found) == 1
     db.dispose()
+
+
+def test_revisions_without_alembic_agree_with_alembic(db: Database) -> None:
+    """medpg.db.revisions reads the head and the current revision without importing Alembic."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from medpg.db import revisions
+
+    with revisions.migrations_dir() as root:
+        assert revisions.head_revision() == ScriptDirectory(str(root)).get_current_head()
+    with db.begin() as conn:
+        alembic_current = MigrationContext.configure(
+            conn, opts={"version_table": revisions.VERSION_TABLE}
+        ).get_current_revision()
+    assert revisions.current_revision(db) == alembic_current == revisions.head_revision()
