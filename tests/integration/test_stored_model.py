@@ -163,10 +163,13 @@ def test_a_worker_process_follows_the_stored_model(minilm_db: Database) -> None:
     model's profile, as the CLI does, instead of the MedCPT default."""
     from workers import tasks
 
+    # An app module imported by another test (tests.fixtures.slow_worker) may have installed its
+    # encoder factory in this process; the default one loads the encoder lazily, so none loads here.
+    tasks.set_encoder_factory(None)
     tasks.use_settings(unchosen(minilm_db))
     try:
-        embedder = tasks.embedder()
-        assert embedder.settings.model_profile == "minilm"
-        assert embedder.model == article_model_identity(minilm_db.settings)
+        settings = tasks.embedder().settings
+        assert settings.model_profile == "minilm"
+        assert article_model_identity(settings) == article_model_identity(minilm_db.settings)
     finally:
         tasks.use_settings(minilm_db.settings)  # also drops the handle opened here
