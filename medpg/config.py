@@ -29,7 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ModelWrapValidatorHandler, PrivateAttr, ValidationError, model_validator
+from pydantic import Field, ModelWrapValidatorHandler, PrivateAttr, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -211,6 +211,24 @@ class Settings(BaseSettings):
 
     # --- privacy --------------------------------------------------------------------------
     log_text: bool = Field(default=False, description="Allow document and query text in logs.")
+
+    # --- service (medpg serve) ------------------------------------------------------------
+    api_host: str = Field(default="127.0.0.1", description="Address `medpg serve` listens on.")
+    api_port: int = Field(default=8750, ge=1, le=65535, description="Port `medpg serve` listens on.")
+    api_url: str | None = Field(
+        default=None,
+        description="A running medpg service (`medpg search` uses it); unset: http://{api_host}:{api_port}.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="The API key `medpg search` sends to a running service."
+    )
+    api_max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest request body the API accepts (413 above)."
+    )
+    audit_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key for the query hashes of audit rows; unset: a key kept in the database.",
+    )
 
     # Names whose value came from PROFILE_DEFAULTS, not from the caller or the environment.
     _profile_filled: frozenset[str] = PrivateAttr(default=frozenset())

@@ -72,6 +72,26 @@ class NotFoundError(MedpgError):
     http_status = 404
 
 
+class AuthenticationError(MedpgError):
+    """No API key, an unknown one or a revoked one (HTTP 401)."""
+
+    exit_code = 6
+    http_status = 401
+
+
+class PermissionDeniedError(MedpgError):
+    """A valid key without the scope, tenant or patient a request needs (HTTP 403)."""
+
+    exit_code = 6
+    http_status = 403
+
+
+class PayloadTooLargeError(InputError):
+    """A request body over MEDPG_API_MAX_BODY_BYTES (HTTP 413)."""
+
+    http_status = 413
+
+
 def _psycopg_transient(exc: BaseException) -> bool | None:
     """Whether a psycopg error is transient; None if ``exc`` is not one (psycopg not imported)."""
     psycopg = sys.modules.get("psycopg")
@@ -133,6 +153,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 __all__ = [
+    "AuthenticationError",
     "ConfigError",
     "DatabaseError",
     "DatabaseUnavailableError",
@@ -140,6 +161,8 @@ __all__ = [
     "MedpgError",
     "ModelNotAvailableError",
     "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
     "SchemaError",
     "SchemaMismatchError",
     "is_transient",

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medpg.access import DEFAULT_TENANT, check_tenant
 from medpg.config import Settings
 from medpg.db.engine import Database
 from medpg.errors import InputError
@@ -94,6 +95,7 @@ def ingest_file(
     path: Path,
     *,
     source: str | None = None,
+    tenant: str = DEFAULT_TENANT,
     fmt: Format = "auto",
     csv_map: str | None = None,
     skip_invalid: bool = False,
@@ -110,13 +112,16 @@ def ingest_file(
     ``write_in_batches``). ``after_commit`` is called with the ids of inserted/changed documents
     after each batch commits (background embedding uses it to enqueue work). ``progress`` (True
     or None): a bar on a terminal, else a line with counts and rate every ``progress_interval``
-    seconds on stderr; False: silent.
+    seconds on stderr; False: silent. Documents are written to ``tenant``.
     """
+    check_tenant(tenant, argument="--tenant")
     path = resolve_input(Path(path))
     report = IngestReport(file=str(path), source=source or default_source(path))
     check_source(report.source)
     started = time.perf_counter()
-    writer = DocumentWriter(db, settings, report.source, file=report.file, skip_refused=skip_invalid)
+    writer = DocumentWriter(
+        db, settings, report.source, file=report.file, skip_refused=skip_invalid, tenant=tenant
+    )
 
     def read() -> Iterable[Record | RowError]:
         return read_records(

@@ -1,9 +1,13 @@
 """Write validated records to PostgreSQL: one transaction per batch, several batches in parallel.
 
-New documents go straight into ``medpg.documents`` by COPY; changed ones are copied into a
-temporary table and upserted keyed by (source, external id), so an unchanged document is never
-rewritten. Each written document's chunks follow in the same transaction; a chunk whose text
-changed gets a new content hash, which is what marks it for re-embedding.
+New documents go straight into ``medpg.documents`` by COPY; changed ones are upserted keyed by
+(tenant, source, external id) in one statement, so an unchanged document is never rewritten.
+A writer with a ``Scope`` (the API) runs each batch under row-level security: every row goes
+through the upsert (COPY cannot write a table with row-level security) and PostgreSQL refuses a
+row outside the scope, or one that would overwrite a document the scope cannot see.
+
+Each written document's chunks follow in the same transaction; a chunk whose text changed gets a
+new content hash, which is what marks it for re-embedding.
 
 When PostgreSQL refuses a batch for a row's data (validation should have caught it, but the
 schema may hold constraints it cannot know), the batch is tried again row by row, each in a
@@ -22,7 +26,9 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.types.json import Jsonb
 
+from medpg.access import DEFAULT_TENANT, Scope, check_tenant
 from medpg.chunking import Chunker, chunk_hash
 from medpg.config import Settings
 from medpg.db.engine import Database
@@ -31,36 +37,27 @@ from medpg.ingest.validation import Record, RowError
 
 Connection = psycopg.Connection[Any]
 
-_STAGE_SQL = """
-CREATE TEMP TABLE IF NOT EXISTS _medpg_stage_docs (
-    external_id text, title text, body text, metadata jsonb, patient_id text,
-    document_date timestamptz, content_hash bytea
-) ON COMMIT DELETE ROWS;
-"""
-
 _EXISTING_DOCS = (
-    "SELECT external_id, content_hash FROM medpg.documents WHERE source = %s AND external_id = ANY(%s)"
+    "SELECT external_id, content_hash FROM medpg.documents "
+    "WHERE tenant_id = %s AND source = %s AND external_id = ANY(%s)"
 )
 
 _NEXT_DOC_IDS = "SELECT nextval(pg_get_serial_sequence('medpg.documents', 'id')) FROM generate_series(1, %s)"
 
 _COPY_NEW_DOCS = (
-    "COPY medpg.documents (id, source, external_id, title, body, metadata, patient_id, document_date, "
-    "content_hash) FROM STDIN"
-)
-
-_COPY_STAGE_DOCS = (
-    "COPY _medpg_stage_docs (external_id, title, body, metadata, patient_id, document_date, "
-    "content_hash) FROM STDIN"
+    "COPY medpg.documents (id, tenant_id, source, external_id, title, body, metadata, patient_id, "
+    "document_date, content_hash) FROM STDIN"
 )
 
 _UPSERT_DOCS = """
 INSERT INTO medpg.documents AS d
-    (source, external_id, title, body, metadata, patient_id, document_date, content_hash)
-SELECT %(source)s, external_id, title, body, metadata, patient_id, document_date, content_hash
-FROM _medpg_stage_docs
-ORDER BY external_id
-ON CONFLICT (source, external_id) DO UPDATE SET
+    (tenant_id, source, external_id, title, body, metadata, patient_id, document_date, content_hash)
+SELECT %(tenant)s, %(source)s, r.external_id, r.title, r.body, r.metadata, r.patient_id, r.document_date, r.content_hash
+FROM unnest(%(ids)s::text[], %(titles)s::text[], %(bodies)s::text[], %(metadata)s::jsonb[],
+            %(patients)s::text[], %(dates)s::timestamptz[], %(hashes)s::bytea[])
+    AS r(external_id, title, body, metadata, patient_id, document_date, content_hash)
+ORDER BY r.external_id
+ON CONFLICT (tenant_id, source, external_id) DO UPDATE SET
     title = EXCLUDED.title, body = EXCLUDED.body, metadata = EXCLUDED.metadata,
     patient_id = EXCLUDED.patient_id, document_date = EXCLUDED.document_date,
     content_hash = EXCLUDED.content_hash, updated_at = now()
@@ -126,7 +123,9 @@ class DocumentWriter:
     """Writes batches of validated records, one transaction per batch, each on a pooled connection.
 
     ``file`` names the rows in messages; with ``skip_refused`` a row PostgreSQL refuses is left out
-    of its batch (and reported in ``BatchResult.refused``) instead of failing it.
+    of its batch (and reported in ``BatchResult.refused``) instead of failing it. Documents go to
+    ``tenant``; with ``scope`` (whose tenant is then the tenant) each batch runs under row-level
+    security within it.
     """
 
     def __init__(
@@ -137,9 +136,13 @@ class DocumentWriter:
         *,
         file: str = "",
         skip_refused: bool = False,
+        tenant: str = DEFAULT_TENANT,
+        scope: Scope | None = None,
     ) -> None:
         self.db = db
         self.source = source
+        self.scope = scope
+        self.tenant = check_tenant(scope.tenant if scope is not None else tenant)
         self.file = file
         self.skip_refused = skip_refused
         self.log_text = settings.log_text
@@ -222,6 +225,9 @@ class DocumentWriter:
         """New records by COPY (``fast``) or all by upsert; either way their chunks, in one transaction."""
         hashes = {r.external_id: r.content_hash for r in batch}
         with conn.transaction():
+            if self.scope is not None:
+                self.scope.apply(conn)
+                fast = False  # COPY cannot write a table with row-level security
             # This writer cuts the chunks itself: the chunking queue (080_chunking.sql) skips it.
             conn.execute(_WRITER_CHUNKS)
             new, changed = self._split_new_changed(conn, batch, hashes)
@@ -243,7 +249,7 @@ class DocumentWriter:
         self, conn: Connection, batch: Sequence[Record], hashes: dict[str, bytes]
     ) -> tuple[list[Record], list[Record]]:
         """The records not stored yet, and those stored with another content hash."""
-        existing = dict(conn.execute(_EXISTING_DOCS, (self.source, list(hashes))).fetchall())
+        existing = dict(conn.execute(_EXISTING_DOCS, (self.tenant, self.source, list(hashes))).fetchall())
         new = [r for r in batch if r.external_id not in existing]
         changed = [
             r for r in batch if r.external_id in existing and existing[r.external_id] != hashes[r.external_id]
@@ -257,7 +263,7 @@ class DocumentWriter:
         ids = [row[0] for row in conn.execute(_NEXT_DOC_IDS, (len(records),))]
         with conn.cursor().copy(_COPY_NEW_DOCS) as copy:
             for doc_id, r in zip(ids, records, strict=True):
-                copy.write_row((doc_id, self.source, *_document_row(r, hashes)))
+                copy.write_row((doc_id, self.tenant, self.source, *_document_row(r, hashes)))
         return list(zip(ids, records, strict=True))
 
     def _update_changed(
@@ -277,18 +283,27 @@ class DocumentWriter:
     def _upsert(
         self, conn: Connection, records: list[Record], hashes: dict[str, bytes]
     ) -> list[tuple[int, str, bool]]:
-        conn.execute(_STAGE_SQL)
-        with conn.cursor().copy(_COPY_STAGE_DOCS) as copy:
-            for r in records:
-                copy.write_row(_document_row(r, hashes))
-        rows = conn.execute(_UPSERT_DOCS, {"source": self.source}).fetchall()
+        rows = conn.execute(
+            _UPSERT_DOCS,
+            {
+                "tenant": self.tenant,
+                "source": self.source,
+                "ids": [r.external_id for r in records],
+                "titles": [r.title for r in records],
+                "bodies": [r.body for r in records],
+                "metadata": [Jsonb(r.metadata, dumps=_json) for r in records],
+                "patients": [r.patient_id for r in records],
+                "dates": [_as_stored(r.document_date) for r in records],
+                "hashes": [hashes[r.external_id] for r in records],
+            },
+        ).fetchall()
         return [(int(doc_id), str(ext), bool(was_inserted)) for doc_id, ext, was_inserted in rows]
 
     def _write_chunks(self, conn: Connection, docs: list[tuple[int, Record]], *, replace: bool) -> int:
         """Chunk ``docs``; new documents' chunks are copied in, changed ones' chunks replaced."""
         if not docs:
             return 0
-        if replace:
+        if replace or self.scope is not None:  # COPY cannot write a table with row-level security
             return replace_chunks(conn, self.chunker, [(doc_id, r.title, r.body) for doc_id, r in docs])
         chunk_lists = self.chunker.chunk_many([r.title for _, r in docs], [r.body for _, r in docs])
         n = 0
@@ -332,7 +347,7 @@ def replace_chunks(conn: Connection, chunker: Chunker, docs: Sequence[tuple[int,
 
 
 def _document_row(r: Record, hashes: dict[str, bytes]) -> tuple[Any, ...]:
-    """The COPY row of a document after its id and source: the columns both document COPYs share."""
+    """The COPY row of a new document after its id, tenant and source."""
     return (
         r.external_id,
         r.title,
@@ -342,6 +357,10 @@ def _document_row(r: Record, hashes: dict[str, bytes]) -> tuple[Any, ...]:
         _as_stored(r.document_date),
         hashes[r.external_id],
     )
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _as_stored(date: datetime | None) -> datetime | None:

@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from medpg import audit as audit_log
+from medpg.access import Scope
+from medpg.audit import AuditContext
 from medpg.config import Settings, get_settings
 from medpg.db.engine import Database
 from medpg.errors import ConfigError, InputError, ModelNotAvailableError
@@ -309,7 +312,7 @@ class _Retrieved:
 
 
 def _retrieve(
-    db: Database,
+    conn: Any,
     request: _Request,
     run_mode: SearchMode | None,
     embedding: np.ndarray | None,
@@ -322,25 +325,22 @@ def _retrieve(
 
     On the same connection: how much of the corpus dense retrieval read, and, only when nothing
     was found, whether the filters match any document at all (each a cheap count or EXISTS).
+    Under a scope every statement sees only the scope's rows (row-level security).
     """
     warnings: list[str] = []
-    with db.connect() as conn:
-        terms = sql.query_lexemes(conn, request.text, log_text=log_text)
-        rows: list[sql.Row] = []
-        if run_mode is not None:
-            t0 = time.perf_counter()
-            vector = embedding if run_mode != "lexical" else None
-            rows = sql.hybrid_search(conn, request.text, vector, params, request.filters, log_text=log_text)
-            timings["sql"] = (time.perf_counter() - t0) * 1000
-        if run_mode in ("hybrid", "dense"):
-            warnings.extend(_coverage_warning(sql.dense_coverage(conn)))
-        if not rows and request.filters.active:
-            warnings.extend(_filter_warnings(conn, request.filters))
-        docs = sql.documents(conn, [r.document_id for r in rows], log_text=log_text)
-        chunks = sql.chunk_texts(
-            conn, [r.chunk_id for r in rows if r.chunk_id is not None], log_text=log_text
-        )
-        conn.rollback()
+    terms = sql.query_lexemes(conn, request.text, log_text=log_text)
+    rows: list[sql.Row] = []
+    if run_mode is not None:
+        t0 = time.perf_counter()
+        vector = embedding if run_mode != "lexical" else None
+        rows = sql.hybrid_search(conn, request.text, vector, params, request.filters, log_text=log_text)
+        timings["sql"] = (time.perf_counter() - t0) * 1000
+    if run_mode in ("hybrid", "dense"):
+        warnings.extend(_coverage_warning(sql.dense_coverage(conn)))
+    if not rows and request.filters.active:
+        warnings.extend(_filter_warnings(conn, request.filters))
+    docs = sql.documents(conn, [r.document_id for r in rows], log_text=log_text)
+    chunks = sql.chunk_texts(conn, [r.chunk_id for r in rows if r.chunk_id is not None], log_text=log_text)
     return _Retrieved(terms, rows, docs, chunks, tuple(warnings))
 
 
@@ -507,6 +507,8 @@ def search(
     candidates: int | None = None,
     query_embedding: np.ndarray | None = None,
     notify: Callable[[str], None] | None = None,
+    scope: Scope | None = None,
+    audit: AuditContext | None = None,
 ) -> SearchResponse:
     """Search documents; results best first, each with an explanation and its evidence passage.
 
@@ -517,6 +519,8 @@ def search(
     date_from / date_to (half-open) and patient_ids. ``candidates``: per retriever, 1 to
     MAX_CANDIDATES (None: MEDPG_CANDIDATES). ``query_embedding`` skips encoding (benchmarks).
     ``notify`` is called with a short line before a model is loaded (the CLI prints it).
+    ``scope``: search only what the scope can see, enforced by PostgreSQL's row-level security
+    (``medpg.access``); ``audit``: append an audit row of the results in the same transaction.
     Every argument is checked first: a bad one is an InputError naming it. An empty or
     whitespace-only query returns no results and a warning, without touching the database.
     """
@@ -548,15 +552,23 @@ def search(
         fusion=request.fusion,
         candidates=request.candidates,
     )
-    found = _retrieve(db, request, run_mode, embedding, params, timings, log_text=settings.log_text)
-    warnings.extend(found.warnings)
-    cross = None
-    if found.rows:  # nothing to rerank: the model is not loaded
-        cross, load_warning = _load_cross_encoder(settings, plan, request.rerank, notify)
-        if load_warning is not None:
-            warnings.append(load_warning)
-    ranking = _rerank(cross, request.text, found, settings, timings)
-    results = _results(found, ranking, request.k)
+    with db.connect() as conn:
+        if scope is not None:
+            scope.apply(conn)
+        found = _retrieve(conn, request, run_mode, embedding, params, timings, log_text=settings.log_text)
+        warnings.extend(found.warnings)
+        cross = None
+        if found.rows:  # nothing to rerank: the model is not loaded
+            cross, load_warning = _load_cross_encoder(settings, plan, request.rerank, notify)
+            if load_warning is not None:
+                warnings.append(load_warning)
+        ranking = _rerank(cross, request.text, found, settings, timings)
+        results = _results(found, ranking, request.k)
+        if audit is not None:
+            audit_log.record(conn, audit, query=request.text, document_ids=[r.document_id for r in results])
+            conn.commit()
+        else:
+            conn.rollback()
 
     timings["total"] = (time.perf_counter() - started) * 1000
     log.info(

@@ -3,10 +3,16 @@
 --
 -- Tables (revisions 0004 and 0006):
 --   medpg.lexical_blocks     (lexeme, block_id) -> document_ids[], tf[], tf_title[], dl[], dl_title[],
---                            parallel arrays ordered by document id; at most 1,000 documents a block.
---   medpg.lexical_documents  document_id -> the block holding its postings, dl, dl_title.
---   medpg.lexical_stats      document count and total lengths in 16 slots (writer backend modulo 16),
---                            summed at query time, so concurrent writers rarely share a row.
+--                            parallel arrays ordered by document id; at most 1,000 documents a block,
+--                            all of one (tenant_id, patient_id), so row-level security can hide a
+--                            block whole (revision 0008).
+--   medpg.lexical_documents  document_id -> the block holding its postings, dl, dl_title, its tenant
+--                            and patient.
+--   medpg.lexical_stats      per tenant, document count and total lengths in 16 slots (writer
+--                            backend modulo 16), summed at query time, so concurrent writers rarely
+--                            share a row.
+-- The trigger function runs as the tables' owner (SECURITY DEFINER): a scoped writer (the API) keeps
+-- the index current without any privilege on these tables, and cannot write statistics itself.
 -- Document frequencies are not stored: a query counts them from the postings it reads anyway.
 --
 -- Lexemes come from the 'english' configuration, as documents.tsv. tf counts a lexeme's positions,
@@ -38,13 +44,14 @@ COMMENT ON FUNCTION medpg.lexical_exact_terms(text, text) IS
     'Term frequencies of a title and body counted over pieces of at most 400 characters, exact where a single tsvector saturates';
 
 -- Add documents (rows of medpg.documents) to the index: their postings as new blocks of at most
--- 1,000 documents in id order, their lengths, and the statistics. One statement: arrays in document
--- order and btree inserts in key order come from one sort.
+-- 1,000 documents of one tenant and patient in id order, their lengths, and their tenants'
+-- statistics. One statement: arrays in document order and btree inserts in key order come from one
+-- sort.
 CREATE OR REPLACE FUNCTION medpg.lexical_add(docs medpg.documents[]) RETURNS void
 LANGUAGE sql
 AS $$
     WITH src AS MATERIALIZED (
-        SELECT d.id, d.title, d.body, d.tsv FROM unnest(docs) d
+        SELECT d.id, d.title, d.body, d.tsv, d.tenant_id, d.patient_id FROM unnest(docs) d
     ),
     f AS MATERIALIZED (
         SELECT d.id, u.lexeme COLLATE "C" AS lexeme, cardinality(u.positions) AS tf,
@@ -78,41 +85,46 @@ AS $$
         SELECT e.id, e.lexeme, e.tf, e.tf_title, x.dl, x.dl_title
         FROM exact e JOIN exact_lengths x ON x.id = e.id
     ),
-    -- Documents in id order, 1,000 to a block, each block a new id from the sequence.
+    -- Documents of one tenant and patient in id order, 1,000 to a block, each block a new id from
+    -- the sequence.
     grouped AS MATERIALIZED (
-        SELECT l.id, l.dl, l.dl_title, (row_number() OVER (ORDER BY l.id) - 1) / 1000 AS g
-        FROM lengths l
+        SELECT l.id, l.dl, l.dl_title, src.tenant_id, src.patient_id,
+               (row_number() OVER (PARTITION BY src.tenant_id, src.patient_id ORDER BY l.id) - 1) / 1000 AS g
+        FROM lengths l JOIN src ON src.id = l.id
     ),
     blk AS MATERIALIZED (
-        SELECT x.g, nextval('medpg.lexical_block_seq') AS block_id
-        FROM (SELECT DISTINCT g FROM grouped ORDER BY g) x
+        SELECT x.tenant_id, x.patient_id, x.g, nextval('medpg.lexical_block_seq') AS block_id
+        FROM (SELECT DISTINCT tenant_id, patient_id, g FROM grouped ORDER BY 1, 2, 3) x
     ),
     placed AS MATERIALIZED (
-        SELECT grouped.id, grouped.dl, grouped.dl_title, blk.block_id
-        FROM grouped JOIN blk ON blk.g = grouped.g
+        SELECT grouped.id, grouped.dl, grouped.dl_title, grouped.tenant_id, grouped.patient_id, blk.block_id
+        FROM grouped
+        JOIN blk ON blk.tenant_id = grouped.tenant_id AND blk.patient_id IS NOT DISTINCT FROM grouped.patient_id
+                AND blk.g = grouped.g
     ),
     ld AS (
-        INSERT INTO medpg.lexical_documents (document_id, block_id, dl, dl_title)
-        SELECT id, block_id, dl, dl_title FROM placed
+        INSERT INTO medpg.lexical_documents (document_id, block_id, dl, dl_title, tenant_id, patient_id)
+        SELECT id, block_id, dl, dl_title, tenant_id, patient_id FROM placed
     ),
     ins AS (
-        INSERT INTO medpg.lexical_blocks (lexeme, block_id, document_ids, tf, tf_title, dl, dl_title)
+        INSERT INTO medpg.lexical_blocks
+            (lexeme, block_id, document_ids, tf, tf_title, dl, dl_title, tenant_id, patient_id)
         SELECT s.lexeme, s.block_id, array_agg(s.id), array_agg(s.tf), array_agg(s.tf_title),
-               array_agg(s.dl), array_agg(s.dl_title)
+               array_agg(s.dl), array_agg(s.dl_title), min(s.tenant_id), min(s.patient_id)
         FROM (
-            SELECT p.lexeme, pl.block_id, p.id, p.tf, p.tf_title, p.dl, p.dl_title
+            SELECT p.lexeme, pl.block_id, p.id, p.tf, p.tf_title, p.dl, p.dl_title, pl.tenant_id, pl.patient_id
             FROM posting p JOIN placed pl ON pl.id = p.id
             ORDER BY p.lexeme, pl.block_id, p.id
         ) s
         GROUP BY s.lexeme, s.block_id
     )
     -- Every document counts, also one without lexemes; lengths are those of documents with some.
-    INSERT INTO medpg.lexical_stats AS s (slot, documents, length, title_length)
-    SELECT pg_backend_pid() % 16, (SELECT count(*) FROM src),
-           coalesce(sum(dl), 0), coalesce(sum(dl_title), 0)
-    FROM lengths
-    HAVING EXISTS (SELECT 1 FROM src)
-    ON CONFLICT (slot) DO UPDATE SET
+    INSERT INTO medpg.lexical_stats AS s (tenant_id, slot, documents, length, title_length)
+    SELECT src.tenant_id, pg_backend_pid() % 16, count(*),
+           coalesce(sum(l.dl), 0), coalesce(sum(l.dl_title), 0)
+    FROM src LEFT JOIN lengths l ON l.id = src.id
+    GROUP BY src.tenant_id
+    ON CONFLICT (tenant_id, slot) DO UPDATE SET
         documents = s.documents + EXCLUDED.documents,
         length = s.length + EXCLUDED.length,
         title_length = s.title_length + EXCLUDED.title_length
@@ -131,7 +143,8 @@ AS $$
 $$;
 
 -- Take documents (rows as they were before an UPDATE or DELETE) out of the index: out of their
--- blocks' arrays (a block row left empty is deleted), out of lexical_documents and the statistics.
+-- blocks' arrays (a block row left empty is deleted), out of lexical_documents and their tenants'
+-- statistics.
 -- The block rows are locked in key order by one statement before the next reads and rewrites
 -- them, so concurrent writers to one block queue up instead of overwriting each other's arrays.
 CREATE OR REPLACE FUNCTION medpg.lexical_remove(docs medpg.documents[]) RETURNS void
@@ -173,23 +186,25 @@ BEGIN
     ),
     gone AS (
         DELETE FROM medpg.lexical_documents ld USING unnest(docs) o WHERE ld.document_id = o.id
-        RETURNING ld.dl, ld.dl_title
+        RETURNING ld.document_id, ld.dl, ld.dl_title
     )
-    INSERT INTO medpg.lexical_stats AS s (slot, documents, length, title_length)
-    SELECT pg_backend_pid() % 16, -cardinality(docs), -coalesce(sum(gone.dl), 0),
+    INSERT INTO medpg.lexical_stats AS s (tenant_id, slot, documents, length, title_length)
+    SELECT o.tenant_id, pg_backend_pid() % 16, -count(*), -coalesce(sum(gone.dl), 0),
            -coalesce(sum(gone.dl_title), 0)
-    FROM gone
-    HAVING cardinality(docs) > 0
-    ON CONFLICT (slot) DO UPDATE SET
+    FROM unnest(docs) o LEFT JOIN gone ON gone.document_id = o.id
+    GROUP BY o.tenant_id
+    ON CONFLICT (tenant_id, slot) DO UPDATE SET
         documents = s.documents + EXCLUDED.documents,
         length = s.length + EXCLUDED.length,
         title_length = s.title_length + EXCLUDED.title_length;
 END
 $$;
 
--- The trigger function: one set-based call per write statement.
+-- The trigger function: one set-based call per write statement, as the tables' owner.
 CREATE OR REPLACE FUNCTION medpg.lexical_documents_changed() RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 -- one batch's postings (~100 per document) are hashed and sorted in memory, not on disk
 SET work_mem = '64MB'
 AS $$
@@ -197,13 +212,17 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         PERFORM medpg.lexical_add(ARRAY(SELECT n::medpg.documents FROM new_docs n));
     ELSIF TG_OP = 'UPDATE' THEN
-        -- Only rows whose text (tsv) changed, or whose id did: a metadata change costs nothing.
+        -- Only rows whose text (tsv), tenant, patient or id changed: a metadata change costs nothing.
         PERFORM medpg.lexical_remove(ARRAY(
             SELECT o::medpg.documents FROM old_docs o
-            WHERE NOT EXISTS (SELECT 1 FROM new_docs n WHERE n.id = o.id AND n.tsv IS NOT DISTINCT FROM o.tsv)));
+            WHERE NOT EXISTS (SELECT 1 FROM new_docs n
+                              WHERE n.id = o.id AND (n.tsv, n.tenant_id, n.patient_id)
+                                                    IS NOT DISTINCT FROM (o.tsv, o.tenant_id, o.patient_id))));
         PERFORM medpg.lexical_add(ARRAY(
             SELECT n::medpg.documents FROM new_docs n
-            WHERE NOT EXISTS (SELECT 1 FROM old_docs o WHERE o.id = n.id AND o.tsv IS NOT DISTINCT FROM n.tsv)));
+            WHERE NOT EXISTS (SELECT 1 FROM old_docs o
+                              WHERE o.id = n.id AND (o.tsv, o.tenant_id, o.patient_id)
+                                                    IS NOT DISTINCT FROM (n.tsv, n.tenant_id, n.patient_id))));
     ELSIF TG_OP = 'DELETE' THEN
         PERFORM medpg.lexical_remove(ARRAY(SELECT o::medpg.documents FROM old_docs o));
     ELSIF TG_OP = 'TRUNCATE' THEN
@@ -243,7 +262,7 @@ BEGIN
     TRUNCATE medpg.lexical_blocks, medpg.lexical_documents;
     DELETE FROM medpg.lexical_stats;
     LOOP
-        -- 1,000 documents at a time, in id order: one block each.
+        -- 1,000 documents at a time, in id order: blocks of one tenant and patient each.
         docs := ARRAY(SELECT d FROM medpg.documents d WHERE last_id IS NULL OR d.id > last_id
                       ORDER BY d.id LIMIT 1000);
         EXIT WHEN cardinality(docs) = 0;
@@ -261,7 +280,8 @@ $$;
 COMMENT ON FUNCTION medpg.rebuild_lexical_index() IS
     'Recompute BM25 postings and statistics from medpg.documents; returns the number of postings';
 
-CREATE OR REPLACE VIEW medpg.lexical_postings AS
+-- The views run with the caller's privileges (security_invoker), so row-level security applies.
+CREATE OR REPLACE VIEW medpg.lexical_postings WITH (security_invoker = true) AS
 SELECT b.lexeme, u.document_id, u.tf, u.dl, u.tf_title, u.dl_title
 FROM medpg.lexical_blocks b
 CROSS JOIN LATERAL unnest(b.document_ids, b.tf, b.tf_title, b.dl, b.dl_title)
@@ -270,13 +290,32 @@ CROSS JOIN LATERAL unnest(b.document_ids, b.tf, b.tf_title, b.dl, b.dl_title)
 COMMENT ON VIEW medpg.lexical_postings IS
     'One row per (lexeme, document) with term frequencies and document lengths, unnested from medpg.lexical_blocks; filter on lexeme to read only its rows';
 
-CREATE OR REPLACE VIEW medpg.lexical_document_frequencies AS
+CREATE OR REPLACE VIEW medpg.lexical_document_frequencies WITH (security_invoker = true) AS
 SELECT lexeme, sum(cardinality(document_ids)) AS document_frequency
 FROM medpg.lexical_blocks GROUP BY lexeme;
 
-CREATE OR REPLACE VIEW medpg.lexical_corpus AS
-SELECT coalesce(sum(documents), 0) AS documents,
-       coalesce(sum(length), 0) AS total_length,
-       coalesce(sum(title_length), 0) AS total_title_length,
-       coalesce(sum(length), 0)::float8 / greatest(coalesce(sum(documents), 0), 1) AS average_length
-FROM medpg.lexical_stats;
+-- The corpus BM25 scores against, as the caller sees it (medpg.lexical_scope_stats): all of it for
+-- the owner, a tenant's documents for a tenant-wide role, a patient-bound role's own documents.
+CREATE OR REPLACE FUNCTION medpg.lexical_scope_stats()
+RETURNS TABLE (documents bigint, length bigint, title_length bigint)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(sum(s.documents), 0)::bigint, coalesce(sum(s.length), 0)::bigint,
+           coalesce(sum(s.title_length), 0)::bigint
+    FROM medpg.lexical_stats s
+    HAVING NOT medpg.patient_scoped()
+    UNION ALL
+    SELECT (SELECT count(*) FROM medpg.documents), coalesce(sum(ld.dl), 0)::bigint,
+           coalesce(sum(ld.dl_title), 0)::bigint
+    FROM medpg.lexical_documents ld
+    HAVING medpg.patient_scoped()
+$$;
+
+COMMENT ON FUNCTION medpg.lexical_scope_stats() IS
+    'Documents and total lengths of the corpus the caller can see: BM25''s N and average length';
+
+CREATE OR REPLACE VIEW medpg.lexical_corpus WITH (security_invoker = true) AS
+SELECT s.documents::numeric AS documents, s.length::numeric AS total_length,
+       s.title_length::numeric AS total_title_length,
+       s.length::float8 / greatest(s.documents, 1) AS average_length
+FROM medpg.lexical_scope_stats() s;

@@ -85,12 +85,14 @@ AS $$
         SELECT u.lexeme COLLATE "C" AS lexeme, cardinality(u.positions) AS qtf
         FROM unnest(to_tsvector('english'::regconfig, coalesce(query_text, ''))) u
     ),
+    -- N and the average length of the corpus the caller can see (row-level security): all of it,
+    -- one tenant's, or a patient-bound role's own documents; document frequencies below are
+    -- counted from the postings it can see, so both come from the same documents.
     stats AS (
-        SELECT greatest(coalesce(sum(s.documents), 0), 1)::float8 AS n,
-               greatest(
-                   (coalesce(sum(s.length), 0) + (title_weight - 1) * coalesce(sum(s.title_length), 0))
-                   / greatest(coalesce(sum(s.documents), 0), 1), 1e-9)::float8 AS avgdl
-        FROM medpg.lexical_stats s
+        SELECT greatest(s.documents, 1)::float8 AS n,
+               greatest((s.length + (title_weight - 1) * s.title_length) / greatest(s.documents, 1),
+                        1e-9)::float8 AS avgdl
+        FROM medpg.lexical_scope_stats() s
     ),
     p AS MATERIALIZED (
         SELECT q.lexeme, q.qtf, p.document_id,

@@ -88,8 +88,9 @@ AS $$ SELECT medpg.check_range(fn, arg, value, 1, 1000) $$;
 
 -- Top-n documents by their best chunk. Fetches 2.5n chunks first and widens, by the chunks per
 -- document just seen, until they cover n documents (several chunks of one document can fill the
--- list). With a filter, if the index scan gave up early (hnsw.max_scan_tuples: a selective filter),
--- an exact scan of the matching documents' chunks is cheap and complete. ``also`` as in bm25_search.
+-- list). With a filter (or row-level security), if the index scan gave up early
+-- (hnsw.max_scan_tuples: a selective filter), an exact scan of the matching documents' chunks is
+-- cheap and complete. ``also`` as in bm25_search.
 -- n (1..10000) and ef_search (1..1000) are checked first: SQLSTATE 22023.
 CREATE OR REPLACE FUNCTION medpg.dense_search(
     query_embedding vector, n integer DEFAULT 100, ef_search integer DEFAULT 100,
@@ -110,7 +111,10 @@ SET hnsw.iterative_scan = 'relaxed_order'
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    filtered boolean := medpg.has_filter(sources, metadata_contains, date_from, date_to, patient_ids);
+    -- Row-level security filters too: for a role that sees one patient's documents the index scan
+    -- finds few of them, and the exact scan below is the complete answer.
+    filtered boolean := medpg.has_filter(sources, metadata_contains, date_from, date_to, patient_ids)
+                        OR row_security_active('medpg.chunks'::regclass);
     space medpg.embedding_space;
     chunk_limit integer;
     ids bigint[];

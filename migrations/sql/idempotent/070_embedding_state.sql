@@ -85,7 +85,7 @@ COMMENT ON FUNCTION medpg.chunk_state(text, integer, integer) IS
 
 -- The states with medpg's default lease (600 s) and attempts (5), for SQL clients and dashboards:
 -- SELECT state, count(*) FROM medpg.chunk_states GROUP BY state;
-CREATE OR REPLACE VIEW medpg.chunk_states AS SELECT * FROM medpg.chunk_state();
+CREATE OR REPLACE VIEW medpg.chunk_states WITH (security_invoker = true) AS SELECT * FROM medpg.chunk_state();
 
 -- Lease up to ``max_chunks`` chunks that need a vector of ``model``: the given ``chunk_ids`` (those
 -- still pending and free), or the next ones after ``after_id`` in id order. Each claim counts an

@@ -9,8 +9,11 @@
 -- medpg's own writer (medpg ingest, the API) cuts chunks in the same transaction and says so with
 -- SET LOCAL medpg.writer_chunks = 'on': its statements are not queued.
 
+-- As the tables' owner (SECURITY DEFINER): a scoped writer has no privilege on the queue.
 CREATE OR REPLACE FUNCTION medpg.documents_text_changed() RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF coalesce(current_setting('medpg.writer_chunks', true), '') = 'on' THEN
