@@ -18,11 +18,11 @@ from medpg.cli.common import (
     notify,
     progress_every_option,
 )
+from medpg.errors import MedpgError
 from medpg.vocabulary import FUSION_METHODS, LEXICAL_SCORERS, SEARCH_MODES
 
 if TYPE_CHECKING:
     from medpg.evaluation import EvalReport
-    from medpg.retrieval import SearchResponse
 
 
 def _one_of(names: Sequence[str]) -> str:
@@ -47,6 +47,7 @@ def _snippet(text: str, width: int = 160) -> str:
 
 @handle_errors
 def search_command(
+    ctx: typer.Context,
     query: str = typer.Argument(..., help="What to look for (any text; it is never parsed as syntax)."),
     k: int = typer.Option(10, "-k", "--k", metavar="N", help="How many documents to return."),
     # plain strings, not click choices: the core checks them, so a bad name is the same
@@ -80,35 +81,120 @@ def search_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the response as JSON."),
 ) -> None:
-    """Hybrid search: dense + BM25 fused in PostgreSQL, reranked, each result explained."""
+    """Hybrid search: dense + BM25 fused in PostgreSQL, reranked, each result explained.
+
+    With MEDPG_API_KEY set and a medpg service answering at MEDPG_API_URL (`medpg serve`), the
+    search runs there (its models are loaded already); otherwise in this process.
+    """
     import orjson
 
-    from medpg.retrieval import search as run_search
-
-    # Encoding needs the model that made the stored vectors; lexical search needs none.
-    db = database(strict=mode != "lexical")
-    response = run_search(
-        query,
-        k=k,
-        mode=mode,
-        lexical=lexical,
-        fusion=fusion,
-        rerank=rerank,
-        filters=_filters(source, metadata, date_from, date_to, patient),
-        settings=db.settings,
-        db=db,
-        notify=notify,
-    )
+    filters = _filters(source, metadata, date_from, date_to, patient)
+    options: dict[str, Any] = {"k": k, "mode": mode, "lexical": lexical, "fusion": fusion, "rerank": rerank}
+    verbose = bool(ctx.find_root().params.get("verbose"))
+    response = _search_via_service(query, options, filters, verbose=verbose)
+    if response is None:
+        response = _search_here(query, options, filters)
     if as_json:
-        typer.echo(orjson.dumps(response.to_dict(), option=orjson.OPT_INDENT_2, default=str).decode())
+        typer.echo(orjson.dumps(response, option=orjson.OPT_INDENT_2, default=str).decode())
         return
-    for warning in response.warnings:
+    for warning in response["warnings"]:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-    if response.results:
+    if response["results"]:
         _print_table(response)
     else:
         # one line, not an empty table frame; the warnings above say why when medpg knows
         console.print(f"no results — {_summary(response)}", highlight=False, soft_wrap=True)
+
+
+def _search_here(query: str, options: dict[str, Any], filters: dict[str, Any]) -> dict[str, Any]:
+    """``medpg.search()`` in this process; the response as ``SearchResponse.to_dict()``."""
+    from medpg.retrieval import search as run_search
+
+    # Encoding needs the model that made the stored vectors; lexical search needs none.
+    db = database(strict=options["mode"] != "lexical")
+    response = run_search(query, **options, filters=filters, settings=db.settings, db=db, notify=notify)
+    return response.to_dict()
+
+
+def _search_via_service(
+    query: str, options: dict[str, Any], filters: dict[str, Any], *, verbose: bool = False
+) -> dict[str, Any] | None:
+    """The response of a running medpg service (``POST /search``), or None to search here.
+
+    Used when MEDPG_API_KEY is set and the service answers ``/health`` within PROBE_SECONDS.
+    Only light modules are imported before that is known (no database driver, no model library).
+    ``verbose`` (``medpg -v``): a dim line on stderr says which way the search went.
+    """
+
+    def note(message: str) -> None:
+        if verbose:
+            err_console.print(f"[dim]{escape(message)}[/]", highlight=False, soft_wrap=True)
+
+    from medpg.config import get_settings
+
+    cfg = get_settings()
+    if cfg.api_key is None:
+        return None
+    import httpx
+
+    url = (cfg.api_url or f"http://{_url_host(cfg.api_host)}:{cfg.api_port}").rstrip("/")
+    with httpx.Client(base_url=url, trust_env=False) as client:
+        try:
+            probe = client.get("/health", timeout=PROBE_SECONDS)
+        except httpx.HTTPError as exc:
+            note(f"no medpg service at {url} ({type(exc).__name__}): searching in this process")
+            return None
+        if probe.status_code != 200:
+            note(
+                f"the medpg service at {url} answers /health with {probe.status_code}: searching in this process"
+            )
+            return None
+        payload = {"query": query, **options, "filters": {k: v for k, v in filters.items() if v is not None}}
+        try:
+            answer = client.post(
+                "/search",
+                json=payload,
+                headers={"Authorization": f"Bearer {cfg.api_key.get_secret_value()}"},
+                timeout=httpx.Timeout(SEARCH_SECONDS, connect=PROBE_SECONDS),
+            )
+        except httpx.HTTPError as exc:
+            raise MedpgError(
+                f"the medpg service at {url} did not answer the search ({type(exc).__name__}); "
+                "unset MEDPG_API_KEY to search in this process"
+            ) from None
+    if answer.status_code != 200:
+        raise _service_error(url, answer.status_code, answer.content)
+    note(f"searched through the medpg service at {url}")
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+PROBE_SECONDS = 0.3
+SEARCH_SECONDS = 300.0
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):  # listening everywhere: reach it on this machine
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _service_error(url: str, status: int, content: bytes) -> MedpgError:
+    """The service's error as the MedpgError it was (same message and exit code as in-process)."""
+    import orjson
+
+    from medpg import errors
+
+    try:
+        error = orjson.loads(content)["error"]
+        name, message = str(error["type"]), str(error["message"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return MedpgError(f"the medpg service at {url} answered {status}")
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, MedpgError)):
+        cls = errors.InputError if status == 422 else MedpgError
+    hint = "; check MEDPG_API_KEY" if status in (401, 403) else ""
+    return cls(f"{message} (medpg service at {url}{hint})")
 
 
 @handle_errors
@@ -198,20 +284,23 @@ def register(app: typer.Typer) -> None:
     app.command("eval", cls=Command)(eval_command)
 
 
-def _summary(response: SearchResponse) -> str:
+def _summary(response: dict[str, Any]) -> str:
     """What ran, the query's terms and the time taken, for the line above the results."""
-    terms = ", ".join(response.query_terms) or "(none)"
+    terms = ", ".join(response["query_terms"]) or "(none)"
+    timings = response["timings_ms"]
     return (
-        f"mode {response.mode}, lexical {response.lexical}, fusion {response.fusion}"
-        f"{', reranked' if response.reranked else ''}; query terms: {terms}; "
-        f"sql {response.timings_ms.get('sql', 0):.1f} ms, total {response.timings_ms.get('total', 0):.1f} ms"
+        f"mode {response['mode']}, lexical {response['lexical']}, fusion {response['fusion']}"
+        f"{', reranked' if response['reranked'] else ''}; query terms: {terms}; "
+        f"sql {timings.get('sql', 0):.1f} ms, total {timings.get('total', 0):.1f} ms"
     )
 
 
-def _print_table(response: SearchResponse) -> None:
+def _print_table(response: dict[str, Any]) -> None:
+    """The results as a table; ``response`` is ``SearchResponse.to_dict()`` (or the API's same JSON)."""
     from rich.table import Table
 
-    console.print(f"[bold]{len(response.results)} results[/] — {escape(_summary(response))}", highlight=False)
+    results = response["results"]
+    console.print(f"[bold]{len(results)} results[/] — {escape(_summary(response))}", highlight=False)
     table = Table(show_lines=True, expand=True)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("score", justify="right", no_wrap=True)
@@ -220,23 +309,26 @@ def _print_table(response: SearchResponse) -> None:
     table.add_column("lexical", no_wrap=True)
     table.add_column("rerank", no_wrap=True)
     table.add_column("evidence", ratio=5)
-    for r in response.results:
-        ex = r.explanation
-        doc = f"[bold]{r.title or '(untitled)'}[/]\n{r.source}:{r.external_id}"
-        lexical = _rank_score(ex.lexical_rank, ex.lexical_score)
-        if ex.matched_terms:
-            lexical += "\n" + ", ".join(ex.matched_terms)
+    for r in results:
+        ex = r["explanation"] or {}
+        evidence = r["evidence"] or {"text": "", "char_start": None, "char_end": None}
+        doc = f"[bold]{r['title'] or '(untitled)'}[/]\n{r['source']}:{r['external_id']}"
+        lexical = _rank_score(ex.get("lexical_rank"), ex.get("lexical_score"))
+        if ex.get("matched_terms"):
+            lexical += "\n" + ", ".join(ex["matched_terms"])
         span = (
-            f"[{r.evidence.char_start}:{r.evidence.char_end}] " if r.evidence.char_start is not None else ""
+            f"[{evidence['char_start']}:{evidence['char_end']}] "
+            if evidence["char_start"] is not None
+            else ""
         )
         table.add_row(
-            str(r.rank),
-            _fmt(r.score),
+            str(r["rank"]),
+            _fmt(r["score"]),
             doc,
-            _rank_score(ex.dense_rank, ex.dense_score),
+            _rank_score(ex.get("dense_rank"), ex.get("dense_score")),
             lexical,
-            _fmt(ex.rerank_score),
-            span + _snippet(r.evidence.text),
+            _fmt(ex.get("rerank_score")),
+            span + _snippet(evidence["text"]),
         )
     console.print(table)
 
