@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from medpg.cli import access as access_cli
 from medpg.cli import db as db_cli
 from medpg.cli import embed as embed_cli
 from medpg.cli import search as search_cli
+from medpg.cli import serve as serve_cli
 from medpg.cli.common import (
     Command,
     Group,
@@ -53,6 +55,9 @@ def ingest(
         metavar="MAP",
         help="CSV columns for medpg fields, e.g. id=note_id,text=note_text,title=subject.",
     ),
+    tenant: str = typer.Option(
+        "default", metavar="TENANT", help="The tenant the documents belong to (row-level security)."
+    ),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip bad rows and report each."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar or progress lines."),
     progress_every: float = progress_every_option(),
@@ -75,6 +80,7 @@ def ingest(
         cfg,
         path,
         source=source,
+        tenant=tenant,
         fmt=fmt,  # type: ignore[arg-type]
         csv_map=csv_map,
         skip_invalid=skip_invalid,
@@ -119,6 +125,8 @@ def status() -> None:
 
 embed_cli.register(app)
 search_cli.register(app)
+serve_cli.register(app)
+access_cli.register(app)
 
 
 def _add_models() -> None:
