@@ -92,6 +92,8 @@ def check_scopes(scopes: Sequence[str], *, patient_bound: bool) -> tuple[str, ..
         raise InputError("give at least one scope, e.g. patient/DocumentReference.rs")
     for s in out:
         if s == ADMIN_SCOPE:
+            if patient_bound:  # an admin creates keys for the whole tenant: it cannot be bound to patients
+                raise InputError(f"scope {s!r}: a key bound to patients cannot administer its tenant's keys")
             continue
         m = _SCOPE.fullmatch(s)
         if m is None or not _letters(s):

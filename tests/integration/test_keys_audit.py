@@ -85,6 +85,7 @@ def test_revoked_keys_are_refused_and_stay_listed(kdb: Database) -> None:
         (["system/DocumentReference.xyz"], None, "not a SMART scope"),
         (["system/DocumentReference."], None, "not a SMART scope"),
         ([], None, "at least one scope"),
+        (["medpg/admin"], ["pa"], "cannot administer"),
     ],
 )
 def test_bad_scopes_are_refused(kdb: Database, scopes: list[str], patients: list[str] | None, message: str) -> None:
