@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None, *, warm_models: bool = True) ->
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(api_router(settings.max_query_chars))
-    app.include_router(fhir_routes.router(settings.max_query_chars))
+    app.include_router(fhir_routes.router())
     # add_middleware puts each new one outside the ones before it
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)

@@ -43,21 +43,22 @@ def error_response(
     *,
     fields: Sequence[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
+    exc: MedpgError | None = None,
 ) -> Response:
-    """A JSON error, or an OperationOutcome for a FHIR route."""
+    """A JSON error, or an OperationOutcome for a FHIR route (a 401 with ``WWW-Authenticate: Bearer``)."""
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
     if is_fhir_path(path):
         from medpg.service.fhir_routes import outcome_response
 
-        return outcome_response(status, message, fields=fields, headers=headers)
+        return outcome_response(status, message, fields=fields, headers=headers, exc=exc)
     extra = {"fields": list(fields)} if fields else {}
     return JSONResponse(error_body(type_name, message, status, **extra), status_code=status, headers=headers)
 
 
 def medpg_error_response(path: str, exc: MedpgError) -> Response:
-    """A MedpgError at its ``http_status`` (a 401 with ``WWW-Authenticate: Bearer``)."""
-    return error_response(path, exc.http_status, type(exc).__name__, str(exc))
+    """A MedpgError at its ``http_status``."""
+    return error_response(path, exc.http_status, type(exc).__name__, str(exc), exc=exc)
 
 
 def internal_error_response(path: str) -> Response:

@@ -629,6 +629,151 @@ def test_openapi_describes_the_routes(client: TestClient) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# FHIR DocumentReference
+
+FHIR_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fhir"
+FHIR_HEADERS = {"Content-Type": "application/fhir+json"}
+
+
+def fhir_fixture(name: str) -> dict[str, Any]:
+    return dict(orjson.loads((FHIR_FIXTURES / name).read_bytes()))
+
+
+def assert_outcome(response: Any, status: int, code: str | None) -> list[dict[str, Any]]:
+    """An OperationOutcome with this status and an issue of this code (None: any); returns the issues."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome", body
+    assert code is None or any(i["code"] == code for i in body["issue"]), body
+    return list(body["issue"])
+
+
+@pytest.fixture(scope="module")
+def fhir_docs(client: TestClient, writer: dict[str, str]) -> dict[str, Any]:
+    """The progress note alone, then the transaction Bundle (which updates it and adds two)."""
+    one = client.post(
+        "/fhir/DocumentReference",
+        content=orjson.dumps(fhir_fixture("progress-note.json")),
+        headers={**writer, **FHIR_HEADERS},
+    )
+    assert one.status_code == 201, one.text
+    bundle = client.post(
+        "/fhir/DocumentReference", json=fhir_fixture("transaction-bundle.json"), headers=writer
+    )
+    assert bundle.status_code == 201, bundle.text
+    return {"one": one, "bundle": bundle}
+
+
+def test_fhir_create_answers_201_with_the_stored_ids(fhir_docs: dict[str, Any]) -> None:
+    one, bundle = fhir_docs["one"], fhir_docs["bundle"]
+    assert one.headers["content-type"].startswith("application/fhir+json")
+    assert one.headers["location"].endswith("/fhir/DocumentReference/note-1")
+    resource = one.json()
+    assert resource["resourceType"] == "DocumentReference" and resource["id"] == "note-1"
+    assert "data" not in resource["content"][0]["attachment"]  # the text is not echoed back
+    answer = bundle.json()
+    assert answer["resourceType"] == "Bundle" and answer["type"] == "transaction-response"
+    locations = [e["response"]["location"] for e in answer["entry"]]
+    assert locations == [
+        "DocumentReference/note-1",
+        "DocumentReference/note-html",
+        "DocumentReference/note-contained",
+    ]
+
+
+def test_fhir_read_returns_the_resource_with_its_text(
+    client: TestClient, writer: dict[str, str], fhir_docs: dict[str, Any]
+) -> None:
+    import base64
+
+    out = client.get("/fhir/DocumentReference/note-1", headers=writer)
+    assert out.status_code == 200, out.text
+    assert out.headers["content-type"].startswith("application/fhir+json")
+    resource = out.json()
+    assert resource["id"] == "note-1" and resource["subject"] == {"reference": "Patient/123"}
+    assert resource["type"]["coding"][0]["code"] == "11506-3"
+    text = base64.b64decode(resource["content"][0]["attachment"]["data"]).decode()
+    assert "chest pain" in text
+    assert_outcome(client.get("/fhir/DocumentReference/no-such-note", headers=writer), 404, "not-found")
+    assert_outcome(client.get("/fhir/DocumentReference/bad%20id!", headers=writer), 422, "invalid")
+
+
+def test_fhir_search_without_and_with_text(
+    client: TestClient, writer: dict[str, str], fhir_docs: dict[str, Any]
+) -> None:
+    def search(query: str) -> dict[str, Any]:
+        out = client.get(f"/fhir/DocumentReference?{query}", headers=writer)
+        assert out.status_code == 200, out.text
+        assert out.headers["content-type"].startswith("application/fhir+json")
+        bundle = dict(out.json())
+        assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset"
+        return bundle
+
+    def ids(bundle: dict[str, Any]) -> list[str]:
+        return [e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "match"]
+
+    assert sorted(ids(search("patient=123"))) == ["note-1", "note-contained"]
+    assert ids(search("patient=456&category=clinical-note")) == ["note-html"]
+    assert ids(search("patient=123&type=http://loinc.org|11506-3")) == ["note-1"]
+    assert ids(search("patient=123&status=superseded")) == ["note-contained"]
+    assert ids(search("_id=note-html")) == ["note-html"]
+    assert len(ids(search("patient=123&_count=1"))) == 1
+    assert ids(search("patient=123&date=ge2030-01-01")) == []
+
+    ranked = search("patient=123&_text=chest pain metoprolol&_count=5")
+    assert ids(ranked) and set(ids(ranked)) <= {"note-1", "note-contained"}
+    first = ranked["entry"][0]
+    assert first["search"]["mode"] == "match" and isinstance(first["search"]["score"], float)
+    assert first["fullUrl"].endswith("/fhir/DocumentReference/" + first["resource"]["id"])
+
+
+def test_fhir_errors_are_operation_outcomes(
+    client: TestClient, api_db: Database, writer: dict[str, str], fhir_docs: dict[str, Any]
+) -> None:
+    for element, value, expression in (
+        ("status", "bogus-" + SECRET, "DocumentReference.status"),
+        ("date", SECRET, "DocumentReference.date"),
+    ):
+        bad = {**fhir_fixture("progress-note.json"), element: value}
+        out = client.post("/fhir/DocumentReference", json=bad, headers=writer)
+        issues = assert_outcome(out, 422, None)
+        assert any(e.startswith(expression) for i in issues for e in i.get("expression", [])), issues
+        assert SECRET not in out.text
+    bad = fhir_fixture("progress-note.json")
+    bad["content"][0]["attachment"]["data"] = "%%%" + SECRET
+    out = client.post("/fhir/DocumentReference", json=bad, headers=writer)
+    issues = assert_outcome(out, 422, "invalid")
+    assert (
+        issues[0]["expression"] == ["DocumentReference.content[0].attachment.data"] and SECRET not in out.text
+    )
+
+    bundle = fhir_fixture("transaction-bundle.json")
+    bundle["entry"][1]["resource"]["subject"] = 7
+    before = document_count(api_db, "fhir")
+    issues = assert_outcome(
+        client.post("/fhir/DocumentReference", json=bundle, headers=writer), 422, "invalid"
+    )
+    assert any(
+        e.startswith("Bundle.entry[1].resource.subject") for i in issues for e in i.get("expression", [])
+    )
+    assert document_count(api_db, "fhir") == before
+
+    no_key = client.get("/fhir/DocumentReference?patient=123")
+    assert_outcome(no_key, 401, "login")
+    assert no_key.headers["www-authenticate"] == "Bearer"
+    reader = auth(make_key(api_db, "user/DocumentReference.r"))
+    assert_outcome(client.get("/fhir/DocumentReference?patient=123", headers=reader), 403, "forbidden")
+    assert_outcome(client.get("/fhir/DocumentReference?colour=red", headers=writer), 422, "not-supported")
+    assert_outcome(client.get("/fhir/DocumentReference?_count=500", headers=writer), 422, "too-costly")
+    assert_outcome(client.get("/fhir/Patient/123", headers=writer), 404, "not-found")
+    assert_outcome(client.post("/fhir/DocumentReference", content=b"[1, 2", headers=writer), 422, "invalid")
+    bound = auth(make_key(api_db, "patient/DocumentReference.rs", patients=["123"]))
+    assert_outcome(client.get("/fhir/DocumentReference?patient=456", headers=bound), 403, "forbidden")
+    assert client.get("/fhir/DocumentReference?patient=123", headers=bound).status_code == 200
+
+
+# --------------------------------------------------------------------------------------------------
 # `medpg search` through a running service
 
 
