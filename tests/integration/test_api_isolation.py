@@ -35,7 +35,12 @@ QUERY_PHRASE = "wombat tamponade question"
 
 
 def _doc(i: str, patient: str, phrase: str) -> dict[str, Any]:
-    return {"id": i, "title": f"Note {i}", "text": f"Cardiac tamponade after surgery; {phrase}.", "patient_id": patient}
+    return {
+        "id": i,
+        "title": f"Note {i}",
+        "text": f"Cardiac tamponade after surgery; {phrase}.",
+        "patient_id": patient,
+    }
 
 
 def _fhir(i: str, patient: str, phrase: str) -> dict[str, Any]:
@@ -47,18 +52,28 @@ def _fhir(i: str, patient: str, phrase: str) -> dict[str, Any]:
         "category": [{"coding": [{"code": "clinical-note"}]}],
         "subject": {"reference": f"Patient/{patient}"},
         "date": "2024-05-01T10:00:00Z",
-        "content": [{"attachment": {"contentType": "text/plain",
-                                    "data": base64.b64encode(f"Tamponade note: {phrase}".encode()).decode()}}],
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "text/plain",
+                    "data": base64.b64encode(f"Tamponade note: {phrase}".encode()).decode(),
+                }
+            }
+        ],
     }
 
 
 @pytest.fixture(scope="module")
-def iso_db(
-    migrated_db: Callable[..., Database], tiny_bert_dir: Path
-) -> Iterator[Database]:
+def iso_db(migrated_db: Callable[..., Database], tiny_bert_dir: Path) -> Iterator[Database]:
     db = migrated_db(
-        "api_isolation", model_profile="medcpt", query_model=str(tiny_bert_dir), article_model=str(tiny_bert_dir),
-        cross_encoder_model="none", embedding_dim=32, chunk_tokens=64, chunk_overlap=8,
+        "api_isolation",
+        model_profile="medcpt",
+        query_model=str(tiny_bert_dir),
+        article_model=str(tiny_bert_dir),
+        cross_encoder_model="none",
+        embedding_dim=32,
+        chunk_tokens=64,
+        chunk_overlap=8,
     )
     yield db
     db.dispose()
@@ -75,14 +90,24 @@ def world(iso_db: Database) -> Iterator[dict[str, Any]]:
         mercy = _token(iso_db, "mercy", None, "system/DocumentReference.cruds", "medpg/admin")
         other = _token(iso_db, "other", None, "system/DocumentReference.cruds")
         for headers, docs in (
-            (mercy, [_doc("a1", "A", A_PHRASE), _doc("a2", "A", A_PHRASE), _doc("b1", "B", B_PHRASE),
-                     _doc("b2", "B", B_PHRASE)]),
+            (
+                mercy,
+                [
+                    _doc("a1", "A", A_PHRASE),
+                    _doc("a2", "A", A_PHRASE),
+                    _doc("b1", "B", B_PHRASE),
+                    _doc("b2", "B", B_PHRASE),
+                ],
+            ),
             (other, [_doc("a1", "A", OTHER_PHRASE), _doc("x1", "A", OTHER_PHRASE)]),
         ):
             r = client.post("/documents", json={"source": "notes", "documents": docs}, headers=headers)
             assert r.status_code == 200, r.text
-        for headers, res in ((mercy, _fhir("fa", "A", A_PHRASE)), (mercy, _fhir("fb", "B", B_PHRASE)),
-                             (other, _fhir("fa", "A", OTHER_PHRASE))):
+        for headers, res in (
+            (mercy, _fhir("fa", "A", A_PHRASE)),
+            (mercy, _fhir("fb", "B", B_PHRASE)),
+            (other, _fhir("fa", "A", OTHER_PHRASE)),
+        ):
             r = client.post("/fhir/DocumentReference", json=res, headers=headers)
             assert r.status_code == 201, r.text
         Embedder(iso_db, iso_db.settings).embed_pending()
@@ -113,21 +138,44 @@ def _calls() -> list[tuple[str, str, str, dict[str, Any]]]:
         ("GET", "/documents/{source}/{external_id}", "/documents/notes/b1", {}),
         ("GET", "/documents/{source}/{external_id}", "/documents/notes/x1", {}),
         ("DELETE", "/documents/{source}/{external_id}", "/documents/notes/b2", {}),
-        ("POST", "/documents", "/documents", {"json": {"source": "notes", "documents": [_doc("b1", "A", A_PHRASE)]}}),
-        ("POST", "/documents", "/documents", {"json": {"source": "notes", "documents": [_doc("b9", "B", A_PHRASE)]}}),
+        (
+            "POST",
+            "/documents",
+            "/documents",
+            {"json": {"source": "notes", "documents": [_doc("b1", "A", A_PHRASE)]}},
+        ),
+        (
+            "POST",
+            "/documents",
+            "/documents",
+            {"json": {"source": "notes", "documents": [_doc("b9", "B", A_PHRASE)]}},
+        ),
         ("GET", "/status", "/status", {}),
         ("GET", "/fhir/DocumentReference/{resource_id}", "/fhir/DocumentReference/fa", {}),
         ("GET", "/fhir/DocumentReference/{resource_id}", "/fhir/DocumentReference/fb", {}),
         ("GET", "/fhir/DocumentReference", "/fhir/DocumentReference", {"params": {"_text": "tamponade"}}),
         ("GET", "/fhir/DocumentReference", "/fhir/DocumentReference", {"params": {"patient": "B"}}),
-        ("GET", "/fhir/DocumentReference", "/fhir/DocumentReference",
-         {"params": {"patient": "A,B", "category": "clinical-note", "_text": "tamponade"}}),
-        ("GET", "/fhir/DocumentReference", "/fhir/DocumentReference", {"params": {"patient": "A", "type": "11506-3"}}),
+        (
+            "GET",
+            "/fhir/DocumentReference",
+            "/fhir/DocumentReference",
+            {"params": {"patient": "A,B", "category": "clinical-note", "_text": "tamponade"}},
+        ),
+        (
+            "GET",
+            "/fhir/DocumentReference",
+            "/fhir/DocumentReference",
+            {"params": {"patient": "A", "type": "11506-3"}},
+        ),
         ("POST", "/fhir/DocumentReference", "/fhir/DocumentReference", {"json": _fhir("fb", "A", A_PHRASE)}),
         ("POST", "/fhir/DocumentReference", "/fhir/DocumentReference", {"json": _fhir("fz", "B", A_PHRASE)}),
         ("GET", "/admin/keys", "/admin/keys", {}),
-        ("POST", "/admin/keys", "/admin/keys",
-         {"json": {"name": "escalate", "scopes": ["system/DocumentReference.rs"]}}),
+        (
+            "POST",
+            "/admin/keys",
+            "/admin/keys",
+            {"json": {"name": "escalate", "scopes": ["system/DocumentReference.rs"]}},
+        ),
         ("DELETE", "/admin/keys/{key_id}", "/admin/keys/1", {}),
         ("GET", "/health", "/health", {}),
         ("GET", "/metrics", "/metrics", {}),
@@ -190,8 +238,16 @@ def test_a_whole_api_session_logs_no_document_or_query_text(
     secret_doc = "zygomorphic thrombectomy"
     calls = [
         ("POST", "/documents", {"json": {"source": "notes", "documents": [_doc("s1", "A", secret_doc)]}}),
-        ("POST", "/documents", {"json": {"source": "notes", "documents": [{"id": "bad", "text": secret_doc,
-                                                                             "date": "not a date"}]}}),
+        (
+            "POST",
+            "/documents",
+            {
+                "json": {
+                    "source": "notes",
+                    "documents": [{"id": "bad", "text": secret_doc, "date": "not a date"}],
+                }
+            },
+        ),
         ("POST", "/search", {"json": {"query": QUERY_PHRASE, "k": 5}}),
         ("POST", "/search", {"json": {"query": QUERY_PHRASE, "k": 0}}),
         ("POST", "/search", {"json": {"query": QUERY_PHRASE, "filters": {"patient_ids": [secret_doc]}}}),
@@ -199,8 +255,11 @@ def test_a_whole_api_session_logs_no_document_or_query_text(
         ("GET", f"/fhir/DocumentReference?_text={QUERY_PHRASE}&patient=A", {}),
         ("GET", f"/fhir/DocumentReference?_text={QUERY_PHRASE}&bogus={secret_doc}", {}),
         ("POST", "/fhir/DocumentReference", {"json": {**_fhir("s2", "A", secret_doc), "status": secret_doc}}),
-        ("POST", "/fhir/DocumentReference", {"content": orjson.dumps({"resourceType": "DocumentReference",
-                                                                     "id": secret_doc}) + b"{"}),
+        (
+            "POST",
+            "/fhir/DocumentReference",
+            {"content": orjson.dumps({"resourceType": "DocumentReference", "id": secret_doc}) + b"{"},
+        ),
         ("DELETE", "/documents/notes/s1", {}),
     ]
     for method, path, kwargs in calls:

@@ -32,10 +32,13 @@ def kdb(db: Database) -> Iterator[Database]:
 
 
 def test_a_key_is_stored_as_a_hash_and_authenticates(kdb: Database) -> None:
-    key, token = keys.create_key(kdb, name="ehr", tenant="clinic", patients=["pa"],
-                                 scopes=["patient/DocumentReference.rs"])
+    key, token = keys.create_key(
+        kdb, name="ehr", tenant="clinic", patients=["pa"], scopes=["patient/DocumentReference.rs"]
+    )
     with kdb.connect() as conn:
-        stored = conn.execute("SELECT secret_hash, prefix FROM medpg.api_keys WHERE id = %s", (key.id,)).fetchone()
+        stored = conn.execute(
+            "SELECT secret_hash, prefix FROM medpg.api_keys WHERE id = %s", (key.id,)
+        ).fetchone()
         conn.rollback()
     assert stored is not None
     assert bytes(stored[0]) == hashlib.sha256(token.encode()).digest()
@@ -48,8 +51,12 @@ def test_a_key_is_stored_as_a_hash_and_authenticates(kdb: Database) -> None:
 
 @pytest.mark.parametrize(
     "token, message",
-    [(None, "required"), ("", "required"), ("Bearer x", "not a medpg key"),
-     ("medpg_000000000000_" + "x" * 43, "unknown")],
+    [
+        (None, "required"),
+        ("", "required"),
+        ("Bearer x", "not a medpg key"),
+        ("medpg_000000000000_" + "x" * 43, "unknown"),
+    ],
 )
 def test_missing_or_unknown_keys_are_refused(kdb: Database, token: str | None, message: str) -> None:
     with pytest.raises(AuthenticationError, match=message):
@@ -57,7 +64,9 @@ def test_missing_or_unknown_keys_are_refused(kdb: Database, token: str | None, m
 
 
 def test_a_forged_secret_with_a_real_prefix_is_refused(kdb: Database) -> None:
-    _, token = keys.create_key(kdb, name="x", tenant="clinic", patients=None, scopes=["system/DocumentReference.rs"])
+    _, token = keys.create_key(
+        kdb, name="x", tenant="clinic", patients=None, scopes=["system/DocumentReference.rs"]
+    )
     prefix = token.rsplit("_", 1)[0]
     with pytest.raises(AuthenticationError, match="unknown"):
         keys.authenticate(kdb, prefix + "_" + "A" * 43)
@@ -88,14 +97,18 @@ def test_revoked_keys_are_refused_and_stay_listed(kdb: Database) -> None:
         (["medpg/admin"], ["pa"], "cannot administer"),
     ],
 )
-def test_bad_scopes_are_refused(kdb: Database, scopes: list[str], patients: list[str] | None, message: str) -> None:
+def test_bad_scopes_are_refused(
+    kdb: Database, scopes: list[str], patients: list[str] | None, message: str
+) -> None:
     with pytest.raises(InputError, match=message):
         keys.create_key(kdb, name="k", tenant="clinic", patients=patients, scopes=scopes)
 
 
 def test_smart_v1_and_v2_scopes_grant_the_same_permissions(kdb: Database) -> None:
     for v1, v2 in (("read", "rs"), ("write", "cud"), ("*", "cruds")):
-        a, _ = keys.create_key(kdb, name="a", tenant="clinic", patients=None, scopes=[f"system/DocumentReference.{v1}"])
+        a, _ = keys.create_key(
+            kdb, name="a", tenant="clinic", patients=None, scopes=[f"system/DocumentReference.{v1}"]
+        )
         b, _ = keys.create_key(kdb, name="b", tenant="clinic", patients=None, scopes=[f"system/*.{v2}"])
         for p in ("read", "search", "write", "delete"):
             assert a.allows(p) == b.allows(p), (v1, p)
@@ -116,11 +129,14 @@ def _audit_rows(db: Database) -> list[tuple[object, ...]]:
 
 
 def test_a_scoped_search_writes_one_audit_row_without_the_query(kdb: Database) -> None:
-    key, _ = keys.create_key(kdb, name="s", tenant="clinic", patients=["pa"], scopes=["patient/DocumentReference.s"])
+    key, _ = keys.create_key(
+        kdb, name="s", tenant="clinic", patients=["pa"], scopes=["patient/DocumentReference.s"]
+    )
     before = len(_audit_rows(kdb))
     ctx = audit.AuditContext(key.id, "clinic", "POST /search", audit.hash_key(kdb))
-    response = search("pericardial", k=10, mode="lexical", db=kdb, settings=kdb.settings,
-                      scope=key.scope, audit=ctx)
+    response = search(
+        "pericardial", k=10, mode="lexical", db=kdb, settings=kdb.settings, scope=key.scope, audit=ctx
+    )
     ids = {r.external_id for r in response.results}
     assert ids == {"a1", "a2"}  # patient pb's note is invisible
     rows = _audit_rows(kdb)
@@ -142,8 +158,13 @@ def test_the_audit_row_commits_with_the_read_or_not_at_all(kdb: Database) -> Non
     with pytest.raises(Exception, match="row-level security"):
         get_document(kdb, source="notes", external_id="a1", scope=Scope("clinic"), audit=ctx)
     assert len(_audit_rows(kdb)) == before
-    doc = get_document(kdb, source="notes", external_id="a1", scope=Scope("clinic"),
-                       audit=audit.AuditContext(None, "clinic", "GET /documents", audit.hash_key(kdb)))
+    doc = get_document(
+        kdb,
+        source="notes",
+        external_id="a1",
+        scope=Scope("clinic"),
+        audit=audit.AuditContext(None, "clinic", "GET /documents", audit.hash_key(kdb)),
+    )
     assert doc.patient_id == "pa"
     assert _audit_rows(kdb)[-1][4:6] == ([doc.id], ["pa"])
 

@@ -115,17 +115,33 @@ def _visible(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         ),
         "corpus": scalar("SELECT documents FROM medpg.lexical_corpus"),
         "bm25": ids("SELECT document_id FROM medpg.bm25_search('zebrafish', 100)"),
-        "bm25_scores": dict(conn.execute("SELECT document_id, score FROM medpg.bm25_scores('zebrafish')").fetchall()),
+        "bm25_scores": dict(
+            conn.execute("SELECT document_id, score FROM medpg.bm25_scores('zebrafish')").fetchall()
+        ),
         "ts_rank": ids("SELECT document_id FROM medpg.ts_rank_search('zebrafish', 100)"),
         "dense": ids("SELECT document_id FROM medpg.dense_search(%s::vector, 100)", q),
         "hybrid": ids("SELECT document_id FROM medpg.hybrid_search('zebrafish', %s::vector, 100)", q),
-        "hybrid_lexical": ids("SELECT document_id FROM medpg.hybrid_search('zebrafish', NULL, 100, 'lexical')"),
+        "hybrid_lexical": ids(
+            "SELECT document_id FROM medpg.hybrid_search('zebrafish', NULL, 100, 'lexical')"
+        ),
     }
 
 
 def _assert_sees_exactly(seen: dict[str, Any], expected: set[int]) -> None:
-    for name in ("documents", "chunk_docs", "chunk_states", "postings", "all_postings", "block_docs", "lengths",
-                 "bm25", "ts_rank", "dense", "hybrid", "hybrid_lexical"):
+    for name in (
+        "documents",
+        "chunk_docs",
+        "chunk_states",
+        "postings",
+        "all_postings",
+        "block_docs",
+        "lengths",
+        "bm25",
+        "ts_rank",
+        "dense",
+        "hybrid",
+        "hybrid_lexical",
+    ):
         assert seen[name] == expected, name
     assert set(seen["bm25_scores"]) == expected
     assert seen["count"] == len(expected)
@@ -180,7 +196,9 @@ def test_bm25_scores_of_a_tenant_ignore_other_tenants(rls_db: Database) -> None:
         with _connect(rls_db, "south_app") as conn:
             after = _visible(conn)["bm25_scores"]
         with rls_db.connect() as conn:  # the owner's corpus did change
-            owner = dict(conn.execute("SELECT document_id, score FROM medpg.bm25_scores('zebrafish')").fetchall())
+            owner = dict(
+                conn.execute("SELECT document_id, score FROM medpg.bm25_scores('zebrafish')").fetchall()
+            )
             conn.rollback()
         assert after == before
         assert any(owner[d] != s for d, s in before.items())
@@ -252,7 +270,10 @@ def test_api_scope_writes_only_its_patients(rls_db: Database) -> None:
         ).fetchall()
         conn.execute("DELETE FROM medpg.documents WHERE external_id = 'north-p1-new'")
         conn.commit()
-    assert rows == [("north-p1-new", "p1", "zebrafish new note"), ("north-p2-0", "p2", "zebrafish kidney injury")]
+    assert rows == [
+        ("north-p1-new", "p1", "zebrafish new note"),
+        ("north-p2-0", "p2", "zebrafish kidney injury"),
+    ]
 
 
 def test_moving_a_document_to_another_patient_moves_its_postings(rls_db: Database, tmp_path: Path) -> None:
