@@ -887,3 +887,46 @@ def test_cli_search_uses_a_running_service_and_falls_back_without_one(
     down = run("-v", MEDPG_API_KEY=token, MEDPG_API_URL=f"http://127.0.0.1:{closed_port()}")
     assert down.exit_code == 0, down.output
     assert "searching in this process" in down.stderr and table(down) == table(here)
+
+
+def test_medpg_serve_logs_route_templates_and_not_uvicorns_access_lines(
+    api_db: Database, tiny_bert_dir: Path, tiny_cross_encoder_dir: Path, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = closed_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDPG_")}
+    env.update(cli_env(api_db, tiny_bert_dir, tiny_cross_encoder_dir))
+    env.update(MEDPG_API_PORT=str(port), PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "medpg.cli", "serve", "--no-warm"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"medpg serve did not start: {server.communicate(timeout=30)[0][-3000:]}")
+            time.sleep(0.2)
+        assert httpx.get(f"{url}/documents/clinic/{SECRET}?q={SECRET}").status_code == 401
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=60)
+    assert f"medpg service on {url}" in output
+    assert "GET /documents/{source}/{external_id} 401" in output and "GET /health 200" in output
+    assert SECRET not in output  # neither the path nor the query string reaches the log
