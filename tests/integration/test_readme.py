@@ -10,8 +10,10 @@ line right after a block must match its output.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -142,5 +144,14 @@ def test_readme_runs_from_top_to_bottom(walk: tuple[Path, dict[str, str]]) -> No
             _check(block, out)
             ran += 1
     finally:
+        _stop_service(work)
         _run(["medpg", "db", "stop"], work, env)
     assert ran >= 8
+
+
+def _stop_service(work: Path) -> None:
+    """A `medpg serve` the README started in the background, if a failing block left it running."""
+    pid_file = work / "serve.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
