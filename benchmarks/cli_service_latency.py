@@ -323,6 +323,7 @@ def main() -> None:
         )
         shutil.rmtree(data_dir, ignore_errors=True)
 
+    machine_line += f", {os.getloadavg()[0]:.2f} at the end"
     command = " ".join(
         ["python", "benchmarks/cli_service_latency.py", *(shlex.quote(a) for a in sys.argv[1:])]
     )

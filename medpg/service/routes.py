@@ -55,14 +55,21 @@ def document_out(doc: documents.StoredDocument) -> dict[str, Any]:
 
 def enqueue_embedding(state: ServiceState, document_ids: list[int]) -> int | None:
     """Send the chunks of changed documents to the workers; None without a broker or when it is
-    down (the chunks are pending in PostgreSQL: reconcile enqueues them later)."""
+    down (the chunks are pending in PostgreSQL: reconcile enqueues them later).
+
+    A broker found down is not tried again for a few seconds (``ServiceState.broker_health``),
+    so a dead broker does not add its connection timeout to every write.
+    """
     if not state.settings.broker_url or not document_ids:
+        return None
+    if state.broker_health()["status"] == "error":
         return None
     from workers.tasks import BROKER_ERRORS, enqueue_documents
 
     try:
         return enqueue_documents(state.db, state.settings, document_ids)
     except BROKER_ERRORS as exc:
+        state.broker_failed(type(exc).__name__)
         log.warning(
             "could not reach the broker (%s); %d documents are saved and their chunks will be enqueued by "
             "reconcile",

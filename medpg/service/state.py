@@ -92,6 +92,14 @@ class ServiceState:
             self._broker = (now, result)
             return result
 
+    def broker_failed(self, error: str) -> None:
+        """Publishing failed: report the broker down (and skip enqueueing) for the next few seconds."""
+        with self._broker_lock:
+            self._broker = (
+                time.monotonic(),
+                {"status": "error", "error": error, "message": "publishing failed"},
+            )
+
 
 def _warm_query_encoder(settings: Settings) -> dict[str, Any]:
     from medpg.encoders import load_query_encoder
