@@ -8,6 +8,7 @@ and deletes, and PostgreSQL refuses to write one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,12 +26,18 @@ from medpg.errors import InputError, NotFoundError, PermissionDeniedError
 from medpg.ingest.readers import RawRow
 from medpg.ingest.validation import Limits, Record, validate_row
 from medpg.ingest.writer import BatchFailed, BatchResult, DocumentWriter
+from medpg.retrieval import arguments
 from medpg.retrieval.types import Filters
 
 MAX_BATCH = 1000
 """Documents one API request may write."""
 
 _KEYS = {k: k for k in ("text", "title", "patient_id", "date")}
+
+#: Containers a document's metadata may nest: orjson, which hashes and stores it, refuses more
+#: than 254 levels, and the content hash puts the metadata one level down.
+MAX_STORED_METADATA_DEPTH = 250
+_INT64 = (-(2**63), 2**64 - 1)  # what orjson writes: signed and unsigned 64-bit integers
 
 _SELECT = """
 SELECT d.id, d.tenant_id, d.source, d.external_id, d.title, d.body, d.metadata, d.patient_id,
@@ -100,6 +107,10 @@ def validate_documents(settings: Settings, source: str, rows: Sequence[Any]) -> 
     errors: list[str] = []
     seen: dict[str, int] = {}
     for i, obj in enumerate(rows):
+        problem = _not_json(obj)
+        if problem is not None:
+            errors.append(f"documents[{i}]: {problem}")
+            continue
         id_key = "_id" if isinstance(obj, Mapping) and "_id" in obj and "id" not in obj else "id"
         item = validate_row(where, i, RawRow(obj, id_key, _KEYS), limits)
         if isinstance(item, Record):
@@ -114,6 +125,50 @@ def validate_documents(settings: Settings, source: str, rows: Sequence[Any]) -> 
         shown = "; ".join(errors[:20]) + (f"; and {len(errors) - 20} more" if len(errors) > 20 else "")
         raise InputError(f"{len(errors)} invalid document(s), nothing written: {shown}")
     return records
+
+
+def _not_json(row: Any) -> str | None:
+    """Why a row holds what ``medpg ingest``'s JSON reader (orjson) never yields, or None.
+
+    The API's JSON decoder (Python's) also lets through lone surrogates (``"\\ud800"``), which
+    PostgreSQL cannot store, and in metadata NaN and Infinity, integers past 64 bits and deep
+    nesting, which orjson cannot write (NaN it would write as null). A numeric id or patient id
+    is its decimal string, whatever its size. The message names the field, never the value.
+    """
+    if not isinstance(row, Mapping):
+        return None  # validate_row names what is wrong with it
+    for key, value in row.items():
+        problem = _json_value_problem(value, 1, stored_as_json=key == "metadata")
+        if problem is not None:
+            return f"field {str(key)!r} {problem}"
+    return None
+
+
+def _json_value_problem(value: Any, depth: int, *, stored_as_json: bool) -> str | None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a lone surrogate (not valid Unicode)"
+        return None
+    if not stored_as_json or value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if _INT64[0] <= value <= _INT64[1] else "holds an integer outside the 64-bit range"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "holds NaN or an infinite number (JSON has neither)"
+    if isinstance(value, Mapping | list):
+        if depth > MAX_STORED_METADATA_DEPTH:
+            return f"is nested deeper than {MAX_STORED_METADATA_DEPTH} levels"
+        # a list's items have no key (None, which passes)
+        pairs = value.items() if isinstance(value, Mapping) else ((None, item) for item in value)
+        for key, item in pairs:
+            problem = _json_value_problem(key, depth, stored_as_json=True) or _json_value_problem(
+                item, depth + 1, stored_as_json=True
+            )
+            if problem is not None:
+                return problem
+    return None
 
 
 def upsert_documents(
@@ -143,6 +198,13 @@ def upsert_documents(
         raise InputError(f"PostgreSQL refused the batch, nothing was written: {detail}") from None
 
 
+def _check_key(source: str, external_id: str) -> None:
+    """InputError for a source or id PostgreSQL text cannot hold (NUL, a lone surrogate): a URL
+    can carry ``%00``, and no stored document has one."""
+    arguments.text_value(source, "source")
+    arguments.text_value(external_id, "the document id")
+
+
 def _scoped(conn: psycopg.Connection[Any], scope: Scope | None) -> None:
     if scope is not None:
         scope.apply(conn)
@@ -162,6 +224,7 @@ def get_document(
     With ``audit``, the read is recorded in the same transaction. ``tenant`` (no scope): which
     tenant's document; default 'default'.
     """
+    _check_key(source, external_id)
     with db.connect() as conn:
         _scoped(conn, scope)
         row = conn.execute(
@@ -182,6 +245,7 @@ def get_document(
 
 def delete_document(db: Database, *, source: str, external_id: str, scope: Scope | None) -> None:
     """Delete one document (its chunks and postings go with it); NotFoundError if the scope sees none."""
+    _check_key(source, external_id)
     with db.connect() as conn:
         _scoped(conn, scope)
         row = conn.execute(

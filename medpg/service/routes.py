@@ -13,6 +13,7 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
+from starlette.convertors import PathConvertor, register_url_convertor
 
 import medpg
 from medpg import audit, documents, keys
@@ -39,6 +40,17 @@ log = logging.getLogger("medpg.service")
 MAX_BIGINT = 2**63 - 1
 
 State = Annotated[ServiceState, Depends(get_state)]
+
+
+class _AnyPathConvertor(PathConvertor):
+    """Starlette's ``path`` convertor, newlines included: its ``.*`` stops at a newline, and the
+    route's ``$`` also matches before a final one, so ``/documents/s/x%0A`` would read document
+    ``x``, and a document whose id holds a newline could be neither read nor deleted."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("any_path", _AnyPathConvertor())
 
 
 def audit_context(state: ServiceState, key: ApiKey, route: str) -> AuditContext:
@@ -134,7 +146,7 @@ def api_router(max_query_chars: int) -> APIRouter:
             "enqueued_chunks": enqueue_embedding(state, list(result.changed_ids)),
         }
 
-    @router.get("/documents/{source}/{external_id:path}", response_model=DocumentOut, tags=["documents"])
+    @router.get("/documents/{source}/{external_id:any_path}", response_model=DocumentOut, tags=["documents"])
     def get_document(
         source: str, external_id: str, state: State, key: Annotated[ApiKey, Depends(requires("read"))]
     ) -> dict[str, Any]:
@@ -148,7 +160,7 @@ def api_router(max_query_chars: int) -> APIRouter:
         )
         return document_out(doc)
 
-    @router.delete("/documents/{source}/{external_id:path}", status_code=204, tags=["documents"])
+    @router.delete("/documents/{source}/{external_id:any_path}", status_code=204, tags=["documents"])
     def delete_document(
         source: str, external_id: str, state: State, key: Annotated[ApiKey, Depends(requires("delete"))]
     ) -> Response:

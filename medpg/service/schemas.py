@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from medpg.retrieval.arguments import MAX_CANDIDATES
 from medpg.vocabulary import FusionMethod, LexicalScorer, SearchMode
@@ -179,8 +179,14 @@ class KeyOut(BaseModel):
     last_used_at: datetime | None = None
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("contains a NUL character, which PostgreSQL text cannot hold")
+    return value
+
+
 class CreateKeyRequest(_Request):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul)]
     patients: list[Name] | None = Field(
         default=None, min_length=1, max_length=MAX_FILTER_VALUES, description="null: every patient"
     )
