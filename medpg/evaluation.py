@@ -33,6 +33,7 @@ from medpg.progress import DEFAULT_INTERVAL, progress_bar
 from medpg.retrieval import sql
 from medpg.retrieval.pipeline import search, search_params
 from medpg.retrieval.types import Filters
+from medpg.significance import MetricComparison, compare_with_baseline, describe, filled_run
 from medpg.vocabulary import FusionMethod, LexicalScorer, SearchMode
 
 K_FETCH = 100  # results scored per query (Recall@100)
@@ -49,6 +50,7 @@ class System:
     fusion: FusionMethod = "weighted"
     rerank: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
+    default: bool = False  # the system every other one is compared with (paired test, wins/ties/losses)
 
 
 def default_systems(settings: Settings, rerank_available: bool) -> list[System]:
@@ -94,7 +96,13 @@ def default_systems(settings: Settings, rerank_available: bool) -> list[System]:
             "weighted",
             overrides={"ts_rank_cover_density": False, "ts_rank_normalization": 0},
         ),
-        System(f"hybrid {settings.fusion} (bm25 + dense) (default)", "hybrid", "bm25", settings.fusion),
+        System(
+            f"hybrid {settings.fusion} (bm25 + dense) (default)",
+            "hybrid",
+            "bm25",
+            settings.fusion,
+            default=True,
+        ),
     ]
     if rerank_available:
         systems.append(
@@ -119,6 +127,9 @@ class SystemResult:
     p95_ms: float
     latency_note: str = "SQL call"
     settings: dict[str, Any] = field(default_factory=dict)
+    # Against the default system, by metric ("ndcg@10", "recall@100"); None for the default itself
+    # and when the default was not run.
+    vs_default: dict[str, MetricComparison] | None = None
 
 
 @dataclass
@@ -134,6 +145,8 @@ class EvalReport:
     created_at: str
     settings: dict[str, Any]
     systems: list[SystemResult]
+    # How ``vs_default`` was computed (baseline, test, alpha, correction); None without the default.
+    significance: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
@@ -195,10 +208,12 @@ def _metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]])
     from medpg.dependency_warnings import ranx_compiling_quietly
 
     # ranx needs every judged query in the run; an empty result scores 0.
-    filled = {q: (run.get(q) or {"__no_result__": 0.0}) for q in qrels}
     with ranx_compiling_quietly():
         scores = ranx_evaluate(
-            Qrels(qrels), Run(filled), ["ndcg@10", "mrr@10", "recall@100"], make_comparable=True
+            Qrels(qrels),
+            Run(filled_run(qrels, run)),
+            ["ndcg@10", "mrr@10", "recall@100"],
+            make_comparable=True,
         )
     return {k: float(v) for k, v in scores.items()}
 
@@ -292,12 +307,31 @@ def evaluate_dataset(
     queries = _encode_queries(settings, data, max_queries, log=log)
     chosen = _choose_systems(settings, systems)
     results = []
+    rankings: dict[str, dict[str, dict[str, float]]] = {}
     for system in chosen:
         run = _run_system(db, settings, system, corpus, queries, shown)
         result = _score_system(system, queries, run)
         log(f"{system.name}: nDCG@10 {result.ndcg10:.4f}, p50 {result.p50_ms:.2f} ms")
         results.append(result)
-    return _build_report(db, settings, data, split, corpus, queries, results)
+        rankings[system.name] = run.ranking
+    report = _build_report(db, settings, data, split, corpus, queries, results)
+    baseline = next((s.name for s in chosen if s.default), None)
+    if baseline is not None:
+        compare_to_default(report, queries.qrels, rankings, baseline)
+    return report
+
+
+def compare_to_default(
+    report: EvalReport,
+    qrels: dict[str, dict[str, int]],
+    rankings: dict[str, dict[str, dict[str, float]]],
+    baseline: str,
+) -> None:
+    """Fill each system's ``vs_default`` and the report's ``significance`` from the runs' rankings."""
+    comparisons = compare_with_baseline(qrels, rankings, baseline)
+    for result in report.systems:
+        result.vs_default = comparisons.get(result.name)
+    report.significance = describe(baseline, len(comparisons), len(qrels))
 
 
 @dataclass(frozen=True)
@@ -536,8 +570,8 @@ def _command() -> str:
     return f"{env} {args}".strip()
 
 
-def render_markdown(report: EvalReport) -> str:
-    """The table and how it was made, as Markdown."""
+def render_markdown(report: EvalReport, plot: str | None = None) -> str:
+    """The table and how it was made, as Markdown; ``plot``: the PNG's path relative to the table."""
     lines = [
         f"# medpg eval: {report.dataset} ({report.split} split)",
         "",
@@ -550,16 +584,59 @@ def render_markdown(report: EvalReport) -> str:
         "- Metrics: ranx (nDCG@10 with linear gains as trec_eval, MRR@10, Recall@100) on each system's top 100; "
         "latency: one `medpg.hybrid_search` call per query for the top 10 with explanations (query encoding "
         "excluded), p50/p95 over the queries after 5 warm-up calls",
+        "- " + _significance_note(report),
         "",
-        "| system | nDCG@10 | MRR@10 | Recall@100 | p50 ms | p95 ms |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| system | nDCG@10 | MRR@10 | Recall@100 | p50 ms | p95 ms "
+        "| Δ nDCG@10 | p nDCG@10 | W/T/L nDCG@10 | Δ Recall@100 | p Recall@100 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in report.systems:
         lines.append(
-            f"| {s.name} | {s.ndcg10:.4f} | {s.mrr10:.4f} | {s.recall100:.4f} | {s.p50_ms:.2f} | {s.p95_ms:.2f} |"
+            f"| {s.name} | {s.ndcg10:.4f} | {s.mrr10:.4f} | {s.recall100:.4f} | {s.p50_ms:.2f} | {s.p95_ms:.2f} "
+            f"| {_versus(s.vs_default)} |"
         )
+    if plot:
+        lines += ["", f"![nDCG@10 and Recall@100 of each system]({plot})"]
     lines.append("")
     return "\n".join(lines)
+
+
+def _significance_note(report: EvalReport) -> str:
+    sig = report.significance
+    if sig is None:
+        return "Against the default: not computed (the default system was not among those run)"
+    return (
+        f"Against the default (`{sig['baseline']}`): Δ is the system's mean minus the default's over the "
+        f"same {sig['queries']} queries; p from the {sig['test']}, adjusted by {sig['correction']} "
+        f"(raw p in the JSON); `*` marks a difference significant at {sig['alpha']} after the adjustment; "
+        "W/T/L: queries where the system's nDCG@10 is higher than / equal to / lower than the default's"
+    )
+
+
+def _versus(vs: dict[str, MetricComparison] | None) -> str:
+    """The comparison cells of a row: Δ, p and W/T/L on nDCG@10, Δ and p on Recall@100."""
+    if vs is None:
+        return " | ".join(["—"] * 5)
+    ndcg, recall = vs["ndcg@10"], vs["recall@100"]
+    return " | ".join(
+        [
+            _delta(ndcg),
+            _p(ndcg.p_holm),
+            f"{ndcg.wins}/{ndcg.ties}/{ndcg.losses}",
+            _delta(recall),
+            _p(recall.p_holm),
+        ]
+    )
+
+
+def _delta(c: MetricComparison) -> str:
+    return f"{c.delta:+.4f}{' *' if c.significant else ''}"
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    return "<0.0001" if p < 0.0001 else f"{p:.4f}"
 
 
 __all__ = [
@@ -567,6 +644,7 @@ __all__ = [
     "EvalReport",
     "System",
     "SystemResult",
+    "compare_to_default",
     "default_systems",
     "evaluate_dataset",
     "load_beir",

@@ -211,7 +211,7 @@ def eval_command(
         "-o",
         metavar="FILE",
         help="Markdown table to write (default: ./<dataset>_<split>_eval.md); "
-        "a .json with the same name is written beside it.",
+        "a .json and a .png plot with the same name are written beside it.",
     ),
     systems: str | None = typer.Option(
         None, metavar="NAMES", help="Comma-separated subset of systems to run (default: all configured)."
@@ -221,8 +221,15 @@ def eval_command(
     ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars or progress lines."),
     progress_every: float = progress_every_option(),
+    plot: bool = typer.Option(
+        True, "--plot/--no-plot", help="Write the PNG of nDCG@10 and Recall@100 beside the table."
+    ),
 ) -> None:
-    """Evaluate every configured system on a BEIR data set: nDCG@10, MRR@10, Recall@100, latency."""
+    """Evaluate every configured system on a BEIR data set: nDCG@10, MRR@10, Recall@100, latency.
+
+    Every system is compared with the default hybrid: Δ, a paired t-test (Holm-adjusted) and
+    per-query wins/ties/losses.
+    """
     from medpg.evaluation import evaluate_dataset, render_markdown
 
     db = database(strict=True)
@@ -240,12 +247,20 @@ def eval_command(
         progress_interval=progress_every,
         log=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True),
     )
-    markdown = render_markdown(report)
+    png = out.with_suffix(".png")
+    markdown = render_markdown(report, plot=png.name if plot else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown, encoding="utf-8")
     out.with_suffix(".json").write_text(report.to_json(), encoding="utf-8")
+    written = [out, out.with_suffix(".json")]
+    if plot:
+        from medpg.eval_plot import write_plot
+
+        written.append(write_plot(report, png))
     _print_eval(report)
-    console.print(f"wrote {out} and {out.with_suffix('.json')}", highlight=False)
+    console.print(
+        f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}", highlight=False, soft_wrap=True
+    )
 
 
 def _filters(
@@ -337,9 +352,11 @@ def _print_eval(report: EvalReport) -> None:
     from rich.table import Table
 
     table = Table(title=f"{report.dataset} ({report.split}, {report.queries} queries)")
-    for col in ("system", "nDCG@10", "MRR@10", "Recall@100", "p50 ms", "p95 ms"):
+    columns = ("system", "nDCG@10", "MRR@10", "Recall@100", "p50 ms", "p95 ms", "Δ nDCG@10", "p (Holm)", "W/T/L")
+    for col in columns:
         table.add_column(col, justify="left" if col == "system" else "right")
     for s in report.systems:
+        vs = s.vs_default["ndcg@10"] if s.vs_default else None
         table.add_row(
             s.name,
             f"{s.ndcg10:.4f}",
@@ -347,5 +364,15 @@ def _print_eval(report: EvalReport) -> None:
             f"{s.recall100:.4f}",
             f"{s.p50_ms:.2f}",
             f"{s.p95_ms:.2f}",
+            "-" if vs is None else f"{vs.delta:+.4f}{' *' if vs.significant else ''}",
+            "-" if vs is None or vs.p_holm is None else f"{vs.p_holm:.4f}",
+            "-" if vs is None else f"{vs.wins}/{vs.ties}/{vs.losses}",
         )
     console.print(table)
+    if report.significance:
+        console.print(
+            f"Δ, p and W/T/L against {report.significance['baseline']}: {report.significance['test']}, "
+            f"{report.significance['correction']}; * p ≤ {report.significance['alpha']}",
+            highlight=False,
+            soft_wrap=True,
+        )
