@@ -102,7 +102,8 @@ class Limits:
 
 
 def check_source(source: str) -> None:
-    """InputError unless ``source`` can be stored and indexed: non-empty UTF-8, no NUL, not too long."""
+    """InputError unless ``source`` can be stored, indexed and addressed: non-empty UTF-8, no NUL or
+    '/', not too long."""
     if not source.strip():
         raise InputError("the source name is empty; pass --source NAME")
     try:
@@ -111,6 +112,8 @@ def check_source(source: str) -> None:
         raise InputError("the source name is not valid UTF-8; pass --source NAME") from None
     if "\x00" in source:
         raise InputError("the source name contains a NUL byte; pass --source NAME")
+    if "/" in source:  # the API addresses documents as /documents/{source}/{id}
+        raise InputError("the source name contains '/', which cannot be part of a document's URL; pass --source NAME")
     if size > SOURCE_BYTES:
         raise InputError(
             f"the source name is {size} bytes, over the limit of {SOURCE_BYTES}; pass --source NAME"
