@@ -8,6 +8,7 @@ time), plus a first and a last line. Counts only: never document or query text.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import IO, TYPE_CHECKING
 
@@ -34,7 +35,8 @@ class _Lines:
 
     def write(self, text: str) -> None:
         for piece in text.replace("\r", "\n").split("\n"):
-            line = piece.rstrip()
+            # tqdm pads a rate under 10 to five characters (" 4.90 chunks/s"): one space is enough
+            line = re.sub(r", +", ", ", piece.rstrip())
             counts = line.split(", ", 1)[0]
             if line and counts != self._last_counts:
                 self.stream.write(line + "\n")

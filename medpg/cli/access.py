@@ -90,22 +90,20 @@ def roles_create(
     patient: list[str] | None = typer.Option(  # noqa: B008
         None, "--patient", metavar="ID", help="Only this patient (repeatable); none: every patient."
     ),
-    password_env: str | None = typer.Option(
-        None, "--password-env", metavar="VAR", help="Set the role's password from this environment variable."
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Set the role's password from the first line of standard input."
     ),
     nologin: bool = typer.Option(False, "--nologin", help="A group role instead of a login role."),
 ) -> None:
     """Create a SQL application's role: it reads medpg's tables and calls the search functions,
     seeing only its scope (PostgreSQL row-level security)."""
-    import os
-
     from medpg.access import Scope, create_sql_role
 
     password = None
-    if password_env is not None:
-        password = os.environ.get(password_env)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
         if not password:
-            raise InputError(f"--password-env: the environment variable {password_env} is not set")
+            raise InputError("--password-stdin: standard input holds no password")
     role = create_sql_role(
         database(), name, Scope(tenant, tuple(patient) if patient else None), password=password, login=not nologin
     )

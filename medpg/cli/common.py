@@ -14,11 +14,14 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from medpg.config import Settings, get_settings
-from medpg.db.engine import Database
 from medpg.errors import MedpgError, is_transient
 
 if TYPE_CHECKING:
     from typer import _click as click  # typer's own click: the classes its commands are built on
+
+    # the database layer (SQLAlchemy, psycopg) loads when a command opens the database, so a command
+    # that needs none (medpg search through a running service, --help) starts without it
+    from medpg.db.engine import Database
 
 P = ParamSpec("P")
 R = TypeVar("R")

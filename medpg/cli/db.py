@@ -11,7 +11,6 @@ from pathlib import Path
 
 import typer
 
-from medpg import schema
 from medpg.cli.common import (
     Command,
     Group,
@@ -22,9 +21,6 @@ from medpg.cli.common import (
     handle_errors,
 )
 from medpg.config import get_settings
-from medpg.db import migrate, schema_state
-from medpg.db.embedded import libpq_url, psql_path
-from medpg.db.keeper import keeper_files, running_keeper
 from medpg.errors import ConfigError, DatabaseError
 
 app = typer.Typer(cls=Group, help="Create, migrate and inspect medpg's schema.", no_args_is_help=True)
@@ -34,6 +30,9 @@ app = typer.Typer(cls=Group, help="Create, migrate and inspect medpg's schema.",
 @handle_errors
 def upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
     """Apply migrations up to REVISION (default: the newest)."""
+    from medpg import schema
+    from medpg.db import migrate
+
     db = database()
     schema.upgrade(db, revision)
     console.print(f"database {db.describe()} is at revision {migrate.current_revision(db)}")
@@ -46,6 +45,8 @@ def downgrade(
     yes: bool = typer.Option(False, "--yes", help="Confirm: downgrading drops tables and their data."),
 ) -> None:
     """Undo migrations down to REVISION. Dropping tables deletes their data, so --yes is required."""
+    from medpg.db import migrate
+
     if not yes:
         console.print("downgrade drops tables and their data; run again with --yes to confirm")
         raise typer.Exit(1)
@@ -58,6 +59,8 @@ def downgrade(
 @handle_errors
 def status() -> None:
     """Show the schema revision, the vector column and the active embedding model."""
+    from medpg.db import schema_state
+
     db = database()
     state = schema_state(db)
     console.print(f"database:   {db.describe()}")
@@ -79,6 +82,9 @@ def _embedded_only(what: str) -> None:
 @handle_errors
 def url() -> None:
     """Print a libpq connection string (for psql or another SQL client) to medpg's database."""
+    from medpg.db.embedded import libpq_url
+    from medpg.db.keeper import running_keeper
+
     cfg = get_settings()
     if cfg.database_url is not None:
         console.print(libpq_url(cfg.database_url), highlight=False, soft_wrap=True)
@@ -99,6 +105,8 @@ def url() -> None:
 @handle_errors
 def start() -> None:
     """Keep the embedded server running for other clients until `medpg db stop`."""
+    from medpg.db.keeper import keeper_files, running_keeper
+
     _embedded_only("start")
     cfg = get_settings()
     pid = running_keeper(cfg.data_dir)
@@ -111,6 +119,8 @@ def start() -> None:
 
 
 def _spawn_keeper(data_dir: Path, database_name: str) -> int:
+    from medpg.db.keeper import keeper_files, running_keeper
+
     pid_file, url_file = keeper_files(data_dir)
     data_dir.expanduser().mkdir(parents=True, exist_ok=True)
     log = (data_dir.expanduser() / "keeper.log").open("ab")
@@ -137,6 +147,8 @@ def _spawn_keeper(data_dir: Path, database_name: str) -> int:
 @handle_errors
 def stop() -> None:
     """Stop keeping the embedded server running (it stops once no medpg process uses it)."""
+    from medpg.db.keeper import running_keeper
+
     _embedded_only("stop")
     cfg = get_settings()
     pid = running_keeper(cfg.data_dir)
@@ -160,6 +172,8 @@ def stop() -> None:
 @handle_errors
 def shell() -> None:
     """Open psql on medpg's database (the psql that ships with the embedded server)."""
+    from medpg.db.embedded import libpq_url, psql_path
+
     psql = psql_path()
     if psql is None:
         raise ConfigError(

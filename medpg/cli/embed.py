@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -18,8 +19,10 @@ from medpg.cli.common import (
     settings,
 )
 from medpg.config import Settings
-from medpg.db import Database
 from medpg.errors import ConfigError, MedpgError
+
+if TYPE_CHECKING:
+    from medpg.db import Database
 
 NO_BROKER = (
     "MEDPG_BROKER_URL is not set: {what} needs a broker (e.g. redis://127.0.0.1:6379/0). "
@@ -170,6 +173,7 @@ def worker(
 def _check_database(cfg: Settings) -> None:
     """Fail here, in one line, rather than in every task; leave no connection to forked processes."""
     from medpg import schema
+    from medpg.db import Database
 
     db = Database(cfg)
     try:
