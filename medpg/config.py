@@ -45,7 +45,14 @@ from pydantic_settings import (
 )
 
 from medpg.errors import ConfigError
-from medpg.vocabulary import FusionMethod, LexicalScorer, ModelProfile, SearchMode, Similarity
+from medpg.vocabulary import (
+    FeedbackMethod,
+    FusionMethod,
+    LexicalScorer,
+    ModelProfile,
+    SearchMode,
+    Similarity,
+)
 
 ENV_PREFIX = "MEDPG_"
 SETTINGS_FILE_NAME = "medpg.toml"
@@ -176,11 +183,21 @@ class Settings(BaseSettings):
     # --- search ---------------------------------------------------------------------------
     search_mode: SearchMode = "hybrid"
     lexical_scorer: LexicalScorer = "bm25"
-    fusion: FusionMethod = "weighted"
+    fusion: FusionMethod = Field(
+        default="adaptive",
+        description="adaptive: weighted min-max, lexical weight x the query's lexical coverage; weighted; rrf.",
+    )
     rrf_k: int = Field(default=60, ge=1, le=10_000, description="RRF constant (the SQL refuses others).")
     dense_weight: float = Field(default=0.5, ge=0, le=1000, allow_inf_nan=False)
     lexical_weight: float = Field(default=0.5, ge=0, le=1000, allow_inf_nan=False)
     candidates: int = Field(default=100, ge=1, le=10_000, description="Candidates per retriever.")
+    feedback: FeedbackMethod = Field(
+        default="rocchio", description="Hybrid pseudo-relevance feedback on the query vector (none: off)."
+    )
+    feedback_docs: int = Field(default=3, ge=1, le=1000, description="Top fused documents fed back.")
+    feedback_weight: float = Field(
+        default=1.0, ge=0, le=1000, allow_inf_nan=False, description="Weight of their mean vector."
+    )
     rerank_top_k: int = Field(default=50, ge=0, le=1000)
     hnsw_ef_search: int = Field(default=100, ge=1, le=1000)
     bm25_k1: float = Field(default=2.0, ge=1e-6, le=1000, allow_inf_nan=False)

@@ -54,7 +54,13 @@ class System:
 
 
 def default_systems(settings: Settings, rerank_available: bool) -> list[System]:
-    """Every configured system: each lexical scorer alone, dense alone, hybrids, + rerank when possible."""
+    """Every configured system: each lexical scorer alone, dense alone, hybrids, + rerank when possible.
+
+    The hybrids other than the default run without feedback, as they did before it existed; the
+    weighted and adaptive BM25 hybrids without feedback show what each default choice adds.
+    """
+    plain = {"feedback": "none"}
+    default = f"hybrid {settings.fusion}" + (f" + {settings.feedback}" if settings.feedback != "none" else "")
     systems = [
         System(
             "lexical ts_rank_cd",
@@ -75,7 +81,7 @@ def default_systems(settings: Settings, rerank_available: bool) -> list[System]:
             "hybrid",
             "bm25",
             "rrf",
-            overrides={"dense_weight": 1.0, "lexical_weight": 1.0},
+            overrides={"dense_weight": 1.0, "lexical_weight": 1.0, **plain},
         ),
         System(
             "hybrid rrf (ts_rank + dense)",
@@ -87,6 +93,7 @@ def default_systems(settings: Settings, rerank_available: bool) -> list[System]:
                 "ts_rank_normalization": 0,
                 "dense_weight": 1.0,
                 "lexical_weight": 1.0,
+                **plain,
             },
         ),
         System(
@@ -94,10 +101,12 @@ def default_systems(settings: Settings, rerank_available: bool) -> list[System]:
             "hybrid",
             "ts_rank",
             "weighted",
-            overrides={"ts_rank_cover_density": False, "ts_rank_normalization": 0},
+            overrides={"ts_rank_cover_density": False, "ts_rank_normalization": 0, **plain},
         ),
+        System("hybrid weighted (bm25 + dense)", "hybrid", "bm25", "weighted", overrides=plain),
+        System("hybrid adaptive (bm25 + dense)", "hybrid", "bm25", "adaptive", overrides=plain),
         System(
-            f"hybrid {settings.fusion} (bm25 + dense) (default)",
+            f"{default} (bm25 + dense) (default)",
             "hybrid",
             "bm25",
             settings.fusion,
@@ -107,7 +116,7 @@ def default_systems(settings: Settings, rerank_available: bool) -> list[System]:
     if rerank_available:
         systems.append(
             System(
-                f"hybrid {settings.fusion} (bm25 + dense) + rerank",
+                f"{default} (bm25 + dense) + rerank",
                 "hybrid",
                 "bm25",
                 settings.fusion,
@@ -237,6 +246,10 @@ def _machine(db: Database) -> str:
 REPORTED_SETTINGS = (
     "model_profile",
     "candidates",
+    "fusion",
+    "feedback",
+    "feedback_docs",
+    "feedback_weight",
     "rrf_k",
     "dense_weight",
     "lexical_weight",

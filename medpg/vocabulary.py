@@ -10,7 +10,8 @@ from typing import Literal, get_args
 
 SearchMode = Literal["hybrid", "dense", "lexical"]
 LexicalScorer = Literal["bm25", "ts_rank"]
-FusionMethod = Literal["weighted", "rrf"]
+FusionMethod = Literal["adaptive", "weighted", "rrf"]
+FeedbackMethod = Literal["rocchio", "none"]
 Similarity = Literal["ip", "cosine"]
 ModelProfile = Literal["medcpt", "minilm", "sentence-transformers"]
 EncoderRole = Literal["query", "article", "cross"]
@@ -19,10 +20,12 @@ EncoderKind = Literal["medcpt", "sentence-transformers"]
 SEARCH_MODES: tuple[str, ...] = get_args(SearchMode)
 LEXICAL_SCORERS: tuple[str, ...] = get_args(LexicalScorer)
 FUSION_METHODS: tuple[str, ...] = get_args(FusionMethod)
+FEEDBACK_METHODS: tuple[str, ...] = get_args(FeedbackMethod)
 SIMILARITIES: tuple[str, ...] = get_args(Similarity)
 MODEL_PROFILES: tuple[str, ...] = get_args(ModelProfile)
 
 __all__ = [
+    "FEEDBACK_METHODS",
     "FUSION_METHODS",
     "LEXICAL_SCORERS",
     "MODEL_PROFILES",
@@ -30,6 +33,7 @@ __all__ = [
     "SIMILARITIES",
     "EncoderKind",
     "EncoderRole",
+    "FeedbackMethod",
     "FusionMethod",
     "LexicalScorer",
     "ModelProfile",

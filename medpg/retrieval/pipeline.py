@@ -154,6 +154,9 @@ def search_params(
         ts_rank_cover_density=settings.ts_rank_cover_density,
         ts_rank_normalization=settings.ts_rank_normalization,
         ef_search=settings.hnsw_ef_search,
+        feedback=settings.feedback,
+        feedback_docs=settings.feedback_docs,
+        feedback_weight=settings.feedback_weight,
     )
 
 
@@ -513,7 +516,7 @@ def search(
     """Search documents; results best first, each with an explanation and its evidence passage.
 
     ``mode``: "hybrid" (dense + lexical, fused), "dense" or "lexical"; ``lexical``: "bm25" or
-    "ts_rank"; ``fusion``: "weighted" or "rrf" (defaults from settings). ``rerank``: None reranks
+    "ts_rank"; ``fusion``: "adaptive", "weighted" or "rrf" (defaults from settings). ``rerank``: None reranks
     the top MEDPG_RERANK_TOP_K with the cross-encoder when one is configured, True requires one,
     False turns it off. ``filters``: a Filters or a dict with sources, metadata (jsonb containment),
     date_from / date_to (half-open) and patient_ids. ``candidates``: per retriever, 1 to

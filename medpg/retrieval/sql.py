@@ -41,6 +41,9 @@ class SearchParams:
     ts_rank_cover_density: bool
     ts_rank_normalization: int
     ef_search: int
+    feedback: str
+    feedback_docs: int
+    feedback_weight: float
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ FROM medpg.hybrid_search(
     title_weight => %(title_weight)s, ts_rank_cover_density => %(ts_rank_cover_density)s,
     ts_rank_normalization => %(ts_rank_normalization)s, ef_search => %(ef_search)s,
     sources => %(sources)s, metadata_contains => %(metadata_contains)s, date_from => %(date_from)s,
-    date_to => %(date_to)s, patient_ids => %(patient_ids)s)
+    date_to => %(date_to)s, patient_ids => %(patient_ids)s, feedback => %(feedback)s,
+    feedback_docs => %(feedback_docs)s, feedback_weight => %(feedback_weight)s)
 """
 _QUERY_LEXEMES = "SELECT medpg.query_lexemes(%s)"
 _DOCUMENTS = """

@@ -151,9 +151,10 @@ def test_hybrid_finds_what_each_retriever_misses(miss_db: Database) -> None:
 
 
 def test_results_explain_themselves(miss_db: Database) -> None:
-    response = search(
-        QUERY, k=7, db=miss_db, settings=miss_db.settings, query_embedding=unit((0, 1.0)), rerank=False
-    )
+    # Without feedback, so the dense scores are the hand-made vectors' (tests/integration/test_ranking.py
+    # checks the feedback's).
+    plain = miss_db.settings.with_changes(feedback="none")
+    response = search(QUERY, k=7, db=miss_db, settings=plain, query_embedding=unit((0, 1.0)), rerank=False)
     by_id = {r.external_id: r for r in response.results}
     r1, r2 = by_id["R1"].explanation, by_id["R2"].explanation
     assert r1.lexical_rank == 1 and set(r1.matched_terms) == {"fish", "oil", "depress"}
@@ -181,10 +182,11 @@ def test_sql_fusion_equals_python_fusion_on_random_inputs(miss_db: Database) -> 
                 cands.append(Candidate(i, dr, ds, lr, ls))
             if trial == 0:  # all scores equal: an empty range
                 cands = [Candidate(i, i + 1, 0.5, i + 1, 2.0) for i in range(3)]
-            for method in ("rrf", "weighted"):
+            for method in ("rrf", "weighted", "adaptive"):
                 w_d, w_l, k = rng.uniform(0, 2), rng.uniform(0, 2), rng.randint(1, 100)
+                coverage = rng.choice([0.0, 1.0, rng.uniform(0, 1)])
                 rows = conn.execute(
-                    "SELECT document_id, fused_score FROM medpg.fuse(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    "SELECT document_id, fused_score FROM medpg.fuse(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     (
                         [c.document_id for c in cands],
                         [c.dense_rank for c in cands],
@@ -195,9 +197,12 @@ def test_sql_fusion_equals_python_fusion_on_random_inputs(miss_db: Database) -> 
                         k,
                         w_d,
                         w_l,
+                        coverage,
                     ),
                 ).fetchall()
-                expected = fuse(cands, method, rrf_k=k, dense_weight=w_d, lexical_weight=w_l)  # type: ignore[arg-type]
+                expected = fuse(
+                    cands, method, rrf_k=k, dense_weight=w_d, lexical_weight=w_l, lexical_coverage=coverage  # type: ignore[arg-type]
+                )
                 assert dict(rows) == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 

@@ -217,6 +217,13 @@ def test_cli_prints_one_line_for_an_undecodable_patient_id(hdb: Database, tmp_pa
         {"lexical_weight": float("inf")},
         {"rrf_k": 2**31},
         {"rrf_k": 0},
+        {"feedback": "relevance"},
+        {"feedback_docs": 0},
+        {"feedback_docs": 1001},
+        {"feedback_weight": -0.5},
+        {"feedback_weight": float("nan")},
+        {"feedback_weight": 1001.0},
+        {"fusion": "borda"},
     ],
     ids=lambda v: repr(v)[:60],
 )
@@ -303,6 +310,21 @@ BAD_SQL_CALLS = [
         "ts_rank_normalization",
         "SELECT * FROM medpg.hybrid_search('chest', NULL, ts_rank_normalization => 99, mode => 'lexical')",
     ),
+    ("fusion", "SELECT * FROM medpg.hybrid_search('chest', NULL, fusion => 'borda', mode => 'lexical')"),
+    ("fusion", "SELECT * FROM medpg.hybrid_search('chest', NULL, fusion => NULL, mode => 'lexical')"),
+    ("feedback", "SELECT * FROM medpg.hybrid_search('chest', NULL, feedback => 'rm3', mode => 'lexical')"),
+    ("feedback", "SELECT * FROM medpg.hybrid_search('chest', %(e)s, feedback => NULL)"),
+    (
+        "feedback_docs",
+        "SELECT * FROM medpg.hybrid_search('chest', NULL, feedback_docs => 0, mode => 'lexical')",
+    ),
+    ("feedback_docs", "SELECT * FROM medpg.hybrid_search('chest', %(e)s, feedback_docs => 1001)"),
+    (
+        "feedback_weight",
+        "SELECT * FROM medpg.hybrid_search('chest', NULL, feedback_weight => -1, mode => 'dense')",
+    ),
+    ("feedback_weight", "SELECT * FROM medpg.hybrid_search('chest', %(e)s, feedback_weight => 'NaN')"),
+    ("feedback_weight", "SELECT * FROM medpg.hybrid_search('chest', %(e)s, feedback_weight => 'Infinity')"),
     ("n", "SELECT * FROM medpg.bm25_search('chest', %(n)s)"),
     ("n", "SELECT * FROM medpg.ts_rank_search('chest', %(n)s)"),
     ("candidates", "SELECT * FROM medpg.hybrid_search('chest', %(e)s, candidates => %(n)s)"),
@@ -330,6 +352,10 @@ def test_sql_functions_accept_their_limits(hdb: Database) -> None:
             "SELECT * FROM medpg.dense_search(%(e)s, 1, 1)",
             "SELECT * FROM medpg.hybrid_search('chest', %(e)s, k => 10000, candidates => 10000, rrf_k => 10000,"
             " fusion => 'rrf', dense_weight => 1000, lexical_weight => 0)",
+            "SELECT * FROM medpg.hybrid_search('chest', %(e)s, feedback_docs => 1000, feedback_weight => 1000)",
+            "SELECT * FROM medpg.hybrid_search('chest', %(e)s, feedback_docs => 1, feedback_weight => 0)",
+            "SELECT * FROM medpg.hybrid_search('chest', %(e)s, fusion => 'weighted', feedback => 'none')",
+            "SELECT * FROM medpg.hybrid_search('chest', %(e)s, fusion => 'adaptive', candidates => 1)",
         ]:
             assert conn.execute(statement, {"e": EMBEDDING} if "%(" in statement else None).fetchall()
         conn.rollback()

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from medpg.retrieval.fusion import (
     Candidate,
     blend_rerank,
+    feedback_candidates,
     fuse,
+    idf,
+    lexical_coverage,
     minmax,
     rank_fused,
     reciprocal_rank_fusion,
+    rocchio_vector,
     rrf_score,
     sigmoid,
 )
@@ -123,3 +128,71 @@ def test_blend_rerank_with_first_stage_weights_by_hand() -> None:
     assert out["a"] == pytest.approx(0.6 * 0.5 + 0.3 * 1.0 + 0.1 * 0.0)
     assert out["b"] == pytest.approx(0.6 * 0.5 + 0.3 * 0.0 + 0.1 * 1.0)
     assert rank_fused(out) == ["a", "b"]
+
+
+# --------------------------------------------------------------------------------------------------
+# adaptive fusion, lexical coverage, Rocchio feedback
+
+CANDS = [
+    Candidate("a", 1, 0.9, None, 2.0),
+    Candidate("b", 2, 0.7, 1, 10.0),
+    Candidate("c", 3, 0.5, None, 0.0),
+    Candidate("d", None, 0.6, 2, 4.0),
+]
+
+
+def test_adaptive_fusion_scales_the_lexical_weight_by_coverage() -> None:
+    fused = fuse(CANDS, "adaptive", dense_weight=0.5, lexical_weight=0.5, lexical_coverage=0.25)
+    assert fused["a"] == pytest.approx(0.5 * 1.0 + 0.125 * (2 - 4) / 6)
+    assert fused["b"] == pytest.approx(0.5 * 0.5 + 0.125 * 1.0)
+    assert fused["d"] == pytest.approx(0.5 * 0.25 + 0.125 * 0.0)
+    # full coverage is today's weighted fusion; no coverage is the dense order
+    assert fuse(CANDS, "adaptive", lexical_coverage=1.0) == fuse(CANDS, "weighted")
+    assert rank_fused(fuse(CANDS, "adaptive", lexical_coverage=0.0)) == ["a", "b", "d", "c"]
+    # coverage changes nothing but the adaptive method
+    assert fuse(CANDS, "weighted", lexical_coverage=0.0) == fuse(CANDS, "weighted")
+
+
+def test_idf_is_lucenes() -> None:
+    assert idf(0, 10) == pytest.approx(math.log(1 + 10.5 / 0.5))
+    assert idf(10, 10) == pytest.approx(math.log(1 + 0.5 / 10.5))
+    assert idf(20, 10) == pytest.approx(math.log(1 + 0.5 / 20.5))  # df > N (another scope): still > 0
+
+
+def test_lexical_coverage_by_hand() -> None:
+    # N = 100; "heart" in 10 documents, "attak" (a misspelling) in none, "valv" twice in the query
+    dfs = {"heart": 10, "valv": 4}
+    w_heart, w_valve, w_missing = idf(10, 100), 2 * idf(4, 100), idf(0, 100)
+    got = lexical_coverage({"heart": 1, "attak": 1, "valv": 2}, dfs, 100)
+    assert got == pytest.approx((w_heart + w_valve) / (w_heart + w_valve + w_missing))
+    assert lexical_coverage({"heart": 1}, dfs, 100) == 1.0
+    assert lexical_coverage({"attak": 3}, dfs, 100) == 0.0
+    assert lexical_coverage({}, dfs, 100) == 0.0  # all stopwords: nothing for BM25 to see
+    assert lexical_coverage({"heart": 1}, dfs, 0) == 1.0  # an empty corpus counts as one document
+
+
+def test_rocchio_vector_by_hand() -> None:
+    q = [2.0, 0.0, 0.0]
+    moved = rocchio_vector(q, [[0.0, 3.0, 0.0], [0.0, 0.0, 1.0]], weight=1.0)
+    # q/|q| + mean of unit feedback = (1, .5, .5); normalized and scaled back to |q| = 2
+    expected = np.array([1.0, 0.5, 0.5]) / math.sqrt(1.5) * 2
+    assert moved == pytest.approx(expected)
+    assert float(np.linalg.norm(moved)) == pytest.approx(2.0)
+    assert rocchio_vector(q, [], 1.0) == pytest.approx(q)
+    assert rocchio_vector(q, [[0.0, 1.0, 0.0]], 0.0) == pytest.approx(q)
+    assert rocchio_vector([0.0, 0.0, 0.0], [[0.0, 1.0, 0.0]], 1.0) == pytest.approx([0.0, 0.0, 0.0])
+    assert rocchio_vector([1.0, 0.0], [[-1.0, 0.0]], 1.0) == pytest.approx([1.0, 0.0])  # zero sum
+
+
+def test_feedback_candidates_rerank_the_dense_list_only() -> None:
+    new = {"a": 0.1, "b": 0.8, "c": 0.8, "d": 0.95}
+    out = {c.document_id: c for c in feedback_candidates(CANDS, new)}
+    # the dense list (a, b, c) keeps its members, ranked by the new scores, ties by id
+    assert (out["b"].dense_rank, out["c"].dense_rank, out["a"].dense_rank) == (1, 2, 3)
+    assert out["d"].dense_rank is None and out["d"].dense_score == 0.95  # scored, still not ranked
+    assert [out[k].lexical_rank for k in "abcd"] == [None, 1, None, 2]
+    assert out["a"].dense_score == 0.1
+    # a document the moved vector could not score keeps its first score
+    assert {c.document_id: c.dense_score for c in feedback_candidates(CANDS, {})} == {
+        c.document_id: c.dense_score for c in CANDS
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from medpg.vocabulary import FUSION_METHODS, LEXICAL_SCORERS, SEARCH_MODES
+from medpg.vocabulary import FEEDBACK_METHODS, FUSION_METHODS, LEXICAL_SCORERS, SEARCH_MODES
 from tests.conftest import REPO
 
 HYBRID = (REPO / "migrations" / "sql" / "idempotent" / "060_hybrid_search.sql").read_text()
@@ -20,3 +20,4 @@ def test_sql_checks_the_same_vocabularies() -> None:
     assert _checked("mode") == set(SEARCH_MODES)
     assert _checked("lexical") == set(LEXICAL_SCORERS)
     assert _checked("fusion") == set(FUSION_METHODS)
+    assert _checked("feedback") == set(FEEDBACK_METHODS)

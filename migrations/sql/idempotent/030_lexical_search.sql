@@ -113,6 +113,34 @@ AS $$
     GROUP BY p.document_id
 $$;
 
+-- How much of the query BM25 can see: the share of the query's idf mass (qtf * idf, Lucene's idf
+-- as in bm25_scores) carried by lexemes that occur in the corpus the caller can see; a lexeme no
+-- document has counts with the largest idf (df = 0). 1 when every lexeme occurs somewhere, 0 for a
+-- query without lexemes or none that occurs. The 'adaptive' fusion scales the lexical weight by it,
+-- so a query whose words the corpus does not use (misspellings, lay words for expert ones) is
+-- ranked mostly by the dense leg. Reads one block row per (lexeme, block), as bm25_scores does.
+CREATE OR REPLACE FUNCTION medpg.lexical_coverage(query_text text)
+RETURNS double precision
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    WITH q AS (
+        SELECT u.lexeme COLLATE "C" AS lexeme, cardinality(u.positions) AS qtf
+        FROM unnest(to_tsvector('english'::regconfig, coalesce(query_text, ''))) u
+    ),
+    stats AS (SELECT greatest(s.documents, 1)::float8 AS n FROM medpg.lexical_scope_stats() s),
+    df AS (
+        SELECT q.qtf,
+               coalesce((SELECT sum(cardinality(b.document_ids)) FROM medpg.lexical_blocks b
+                         WHERE b.lexeme = q.lexeme), 0)::float8 AS df
+        FROM q
+    ),
+    w AS (
+        SELECT df.qtf * ln(1 + (greatest(stats.n - df.df, 0) + 0.5) / (df.df + 0.5)) AS w, df.df > 0 AS seen
+        FROM df CROSS JOIN stats
+    )
+    SELECT coalesce((sum(w.w) FILTER (WHERE w.seen)) / nullif(sum(w.w), 0), 0)::float8 FROM w
+$$;
+
 -- Top-n documents by BM25 that pass the filters, ranked 1..n. ``also``: documents whose score the
 -- caller wants as well (full-information fusion: a dense candidate gets its real lexical score);
 -- they come after the ranked rows with rank NULL and score 0 when no term matches.

@@ -18,23 +18,43 @@ RETURNS double precision
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN similarity = 'cosine' THEN a <=> b ELSE a <#> b END $$;
 
--- Exact similarity of each given document's best chunk embedded by the current model.
+-- Exact similarity of each given document's best chunk embedded by the current model. The
+-- distance is computed once per chunk (OFFSET 0 keeps the subquery from being flattened, which
+-- would compute it for the sort key and again for the score, reading the TOASTed vector twice).
 CREATE OR REPLACE FUNCTION medpg.dense_document_scores(query_embedding vector, document_ids bigint[])
 RETURNS TABLE (document_id bigint, score double precision, chunk_id bigint, char_start integer,
                char_end integer)
 LANGUAGE sql STABLE PARALLEL SAFE
 SET plan_cache_mode = force_generic_plan
 AS $$
-    SELECT DISTINCT ON (c.document_id)
-           c.document_id,
+    SELECT DISTINCT ON (x.document_id)
+           x.document_id, medpg.similarity_score(x.distance, x.similarity)::float8,
+           x.id, x.char_start, x.char_end
+    FROM (
+        SELECT c.document_id, c.id, c.char_start, c.char_end, e.similarity,
+               medpg.vector_distance(c.embedding, query_embedding, e.similarity) AS distance
+        FROM medpg.embedding_space e
+        JOIN medpg.chunks c ON c.embedding_model = e.model
+        WHERE c.document_id = ANY (document_ids)
+          AND c.embedding IS NOT NULL
+        OFFSET 0
+    ) x
+    ORDER BY x.document_id, x.distance, x.id
+$$;
+
+-- Exact similarity of each given chunk embedded by the current model (others are left out).
+CREATE OR REPLACE FUNCTION medpg.dense_chunk_scores(query_embedding vector, chunk_ids bigint[])
+RETURNS TABLE (chunk_id bigint, score double precision)
+LANGUAGE sql STABLE PARALLEL SAFE
+SET plan_cache_mode = force_generic_plan
+AS $$
+    SELECT c.id,
            medpg.similarity_score(medpg.vector_distance(c.embedding, query_embedding, e.similarity),
-                                  e.similarity)::float8,
-           c.id, c.char_start, c.char_end
+                                  e.similarity)::float8
     FROM medpg.embedding_space e
     JOIN medpg.chunks c ON c.embedding_model = e.model
-    WHERE c.document_id = ANY (document_ids)
+    WHERE c.id = ANY (chunk_ids)
       AND c.embedding IS NOT NULL
-    ORDER BY c.document_id, medpg.vector_distance(c.embedding, query_embedding, e.similarity), c.id
 $$;
 
 -- The chunk_limit nearest chunks by the HNSW index (iterative scan), optionally only those of
@@ -183,4 +203,34 @@ BEGIN
     FROM medpg.dense_document_scores(query_embedding,
              ARRAY(SELECT a FROM unnest(also) a EXCEPT SELECT top.doc FROM top)) s;
 END
+$$;
+
+-- Rocchio feedback on the query vector (medpg.hybrid_search's 'rocchio' feedback): the query moved
+-- toward the mean of the given chunks' vectors, each taken at unit length,
+--   q' = |q| * normalize(q / |q| + weight * mean(c / |c|)),
+-- so the moved vector keeps the query's length (inner-product scores stay on the query's scale;
+-- cosine ignores length). Only chunks embedded by the current model count. With no such chunk,
+-- weight 0, a zero query or a zero sum, the query comes back unchanged.
+CREATE OR REPLACE FUNCTION medpg.feedback_vector(
+    query_embedding vector, chunk_ids bigint[], weight double precision)
+RETURNS vector
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    WITH fb AS (
+        SELECT avg(l2_normalize(c.embedding)) AS mean, count(*) AS n
+        FROM medpg.embedding_space e
+        JOIN medpg.chunks c ON c.embedding_model = e.model
+        WHERE c.id = ANY (chunk_ids) AND c.embedding IS NOT NULL
+    ),
+    moved AS (
+        SELECT l2_normalize(query_embedding)
+               + fb.mean * array_fill(weight::real, ARRAY[vector_dims(query_embedding)])::vector AS v
+        FROM fb
+        WHERE fb.n > 0 AND weight > 0 AND vector_norm(query_embedding) > 0
+    )
+    SELECT coalesce(
+        (SELECT l2_normalize(moved.v)
+                * array_fill(vector_norm(query_embedding)::real, ARRAY[vector_dims(query_embedding)])::vector
+         FROM moved WHERE vector_norm(moved.v) > 0),
+        query_embedding)
 $$;

@@ -3,13 +3,21 @@
 --   dense:   top candidates by HNSW (medpg.dense_search), best chunk per document
 --   lexical: BM25 (medpg.bm25_search) or ts_rank (medpg.ts_rank_search)
 --   each list's candidates are scored by the other retriever too (full-information fusion)
---   fusion:  weighted min-max (default) or reciprocal rank fusion (medpg.fuse)
+--   fusion:  adaptive (default: weighted min-max, the lexical weight scaled by the query's lexical
+--            coverage), weighted min-max, or reciprocal rank fusion (medpg.fuse)
+--   feedback (hybrid only): 'rocchio' (default) moves the query vector toward the best chunks of
+--            the first fusion's top feedback_docs documents (medpg.feedback_vector), rescores every
+--            candidate's evidence chunk with it, re-ranks the dense list and fuses again; 'none'
+--            stops after the first fusion. No second index scan: the candidates and their evidence
+--            chunks stay those of the first pass. The explanation's dense rank and score are then
+--            the moved vector's.
 --
 -- Returns per document: its rank and fused score, each retriever's rank (NULL when it did not
 -- rank the document) and score, the evidence chunk with its character offsets in the body, and
 -- the query lexemes the document contains. Invalid choices raise SQLSTATE 22023, and so does any
 -- numeric argument outside its range, whatever the mode: k and candidates 1..10000, rrf_k
--- 1..10000, weights 0..1000, and those of bm25_scores, ts_rank_search and dense_search.
+-- 1..10000, weights 0..1000, feedback_docs 1..1000, feedback_weight 0..1000, and those of
+-- bm25_scores, ts_rank_search and dense_search.
 
 -- Fusion parameters: rrf_k 1..10000 (rrf_k + rank stays an integer), weights 0..1000 (finite).
 CREATE OR REPLACE FUNCTION medpg.check_fusion(
@@ -22,6 +30,23 @@ AS $$
        AND medpg.check_range(fn, 'lexical_weight', lexical_weight, 0, 1000)
 $$;
 
+-- Pseudo-relevance feedback: feedback_docs 1..1000 documents, feedback_weight 0..1000 (finite).
+CREATE OR REPLACE FUNCTION medpg.check_feedback(
+    fn text, feedback_docs integer, feedback_weight double precision)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT medpg.check_range(fn, 'feedback_docs', feedback_docs, 1, 1000)
+       AND medpg.check_range(fn, 'feedback_weight', feedback_weight, 0, 1000)
+$$;
+
+-- Revision 0008 and before defined medpg.hybrid_search without the feedback arguments: drop that
+-- signature, or a call naming none of them would be ambiguous.
+DROP FUNCTION IF EXISTS medpg.hybrid_search(
+    text, vector, integer, text, integer, text, text, integer, double precision, double precision,
+    double precision, double precision, double precision, boolean, integer, integer, text[], jsonb,
+    timestamptz, timestamptz, text[]);
+
 CREATE OR REPLACE FUNCTION medpg.hybrid_search(
     query_text text,
     query_embedding vector DEFAULT NULL,
@@ -29,7 +54,7 @@ CREATE OR REPLACE FUNCTION medpg.hybrid_search(
     mode text DEFAULT 'hybrid',
     candidates integer DEFAULT 100,
     lexical text DEFAULT 'bm25',
-    fusion text DEFAULT 'weighted',
+    fusion text DEFAULT 'adaptive',
     rrf_k integer DEFAULT 60,
     dense_weight double precision DEFAULT 0.5,
     lexical_weight double precision DEFAULT 0.5,
@@ -43,7 +68,10 @@ CREATE OR REPLACE FUNCTION medpg.hybrid_search(
     metadata_contains jsonb DEFAULT NULL,
     date_from timestamptz DEFAULT NULL,
     date_to timestamptz DEFAULT NULL,
-    patient_ids text[] DEFAULT NULL)
+    patient_ids text[] DEFAULT NULL,
+    feedback text DEFAULT 'rocchio',
+    feedback_docs integer DEFAULT 3,
+    feedback_weight double precision DEFAULT 1.0)
 RETURNS TABLE (
     document_id bigint, rank integer, fused_score double precision,
     dense_rank integer, dense_score double precision,
@@ -66,6 +94,17 @@ DECLARE
     l_scores double precision[] := '{}';
     x_ids bigint[];
     lexemes text[] := medpg.query_lexemes(query_text);
+    -- the candidates: one entry per document some list ranked, ordered by document id
+    u_doc bigint[];
+    u_dr integer[];
+    u_ds double precision[];
+    u_lr integer[];
+    u_ls double precision[];
+    u_chunk bigint[];
+    u_cs integer[];
+    u_ce integer[];
+    coverage double precision := 1.0;
+    moved vector;
 BEGIN
     IF mode IS NULL OR mode NOT IN ('hybrid', 'dense', 'lexical') THEN
         RAISE EXCEPTION 'medpg.hybrid_search: mode must be hybrid, dense or lexical, got %', mode
@@ -75,13 +114,18 @@ BEGIN
         RAISE EXCEPTION 'medpg.hybrid_search: lexical must be bm25 or ts_rank, got %', lexical
             USING ERRCODE = '22023';
     END IF;
-    IF fusion IS NULL OR fusion NOT IN ('rrf', 'weighted') THEN
-        RAISE EXCEPTION 'medpg.hybrid_search: fusion must be rrf or weighted, got %', fusion
+    IF fusion IS NULL OR fusion NOT IN ('adaptive', 'weighted', 'rrf') THEN
+        RAISE EXCEPTION 'medpg.hybrid_search: fusion must be adaptive, weighted or rrf, got %', fusion
+            USING ERRCODE = '22023';
+    END IF;
+    IF feedback IS NULL OR feedback NOT IN ('rocchio', 'none') THEN
+        RAISE EXCEPTION 'medpg.hybrid_search: feedback must be rocchio or none, got %', feedback
             USING ERRCODE = '22023';
     END IF;
     PERFORM medpg.checked_count('medpg.hybrid_search', 'k', k),
             medpg.checked_count('medpg.hybrid_search', 'candidates', candidates),
             medpg.check_fusion('medpg.hybrid_search', rrf_k, dense_weight, lexical_weight),
+            medpg.check_feedback('medpg.hybrid_search', feedback_docs, feedback_weight),
             medpg.check_bm25('medpg.hybrid_search', k1, b, title_weight),
             medpg.check_ts_rank_normalization('medpg.hybrid_search', 'ts_rank_normalization',
                                               ts_rank_normalization),
@@ -134,30 +178,58 @@ BEGIN
                  ARRAY(SELECT u FROM unnest(l_ids) u EXCEPT SELECT u FROM unnest(d_ids) u)) s;
     END IF;
 
-    RETURN QUERY
-    WITH dn AS (
-        SELECT * FROM unnest(d_ids, d_ranks, d_scores, d_chunks, d_starts, d_ends)
-            AS x(doc, dr, ds, chunk, cs, ce)
-    ),
-    lx AS (
-        SELECT * FROM unnest(l_ids, l_ranks, l_scores) AS x(doc, lr, ls)
-    ),
-    u AS (
+    -- Only documents some list ranked; the others were there for their scores only.
+    SELECT coalesce(array_agg(u.doc ORDER BY u.doc), '{}'), coalesce(array_agg(u.dr ORDER BY u.doc), '{}'),
+           coalesce(array_agg(u.ds ORDER BY u.doc), '{}'), coalesce(array_agg(u.lr ORDER BY u.doc), '{}'),
+           coalesce(array_agg(u.ls ORDER BY u.doc), '{}'), coalesce(array_agg(u.chunk ORDER BY u.doc), '{}'),
+           coalesce(array_agg(u.cs ORDER BY u.doc), '{}'), coalesce(array_agg(u.ce ORDER BY u.doc), '{}')
+      INTO u_doc, u_dr, u_ds, u_lr, u_ls, u_chunk, u_cs, u_ce
+    FROM (
         SELECT coalesce(dn.doc, lx.doc) AS doc, dn.dr, dn.ds, lx.lr, lx.ls, dn.chunk, dn.cs, dn.ce
-        FROM dn FULL JOIN lx ON lx.doc = dn.doc
-        -- Only documents some list ranked; the others are there for their scores only.
+        FROM unnest(d_ids, d_ranks, d_scores, d_chunks, d_starts, d_ends) AS dn(doc, dr, ds, chunk, cs, ce)
+        FULL JOIN unnest(l_ids, l_ranks, l_scores) AS lx(doc, lr, ls) ON lx.doc = dn.doc
         WHERE dn.dr IS NOT NULL OR lx.lr IS NOT NULL
-    ),
-    arr AS (
-        SELECT array_agg(u.doc ORDER BY u.doc) AS a_doc, array_agg(u.dr ORDER BY u.doc) AS a_dr,
-               array_agg(u.ds ORDER BY u.doc) AS a_ds, array_agg(u.lr ORDER BY u.doc) AS a_lr,
-               array_agg(u.ls ORDER BY u.doc) AS a_ls
-        FROM u
+    ) u;
+
+    IF mode = 'hybrid' AND fusion = 'adaptive' THEN
+        coverage := medpg.lexical_coverage(query_text);
+    END IF;
+
+    IF mode = 'hybrid' AND feedback = 'rocchio' AND feedback_weight > 0 AND cardinality(u_doc) > 0 THEN
+        -- Rocchio: the first fusion's top documents (their best chunks) move the query vector ...
+        moved := medpg.feedback_vector(query_embedding, ARRAY(
+            SELECT x.chunk
+            FROM medpg.fuse(u_doc, u_dr, u_ds, u_lr, u_ls, fusion, rrf_k, dense_weight, lexical_weight,
+                            coverage) f
+            JOIN unnest(u_doc, u_chunk) AS x(doc, chunk) ON x.doc = f.document_id
+            WHERE x.chunk IS NOT NULL
+            ORDER BY f.fused_score DESC, f.document_id
+            LIMIT feedback_docs), feedback_weight);
+        -- ... which rescores every candidate through its evidence chunk (its best for the query as
+        -- given: one vector per document to read); the dense list keeps its documents, ranked anew.
+        SELECT array_agg(y.ds ORDER BY y.doc), array_agg(y.dr ORDER BY y.doc)
+          INTO u_ds, u_dr
+        FROM (
+            SELECT x.doc, coalesce(s.score, x.ds) AS ds,
+                   CASE WHEN x.dr IS NOT NULL THEN
+                       (row_number() OVER (PARTITION BY x.dr IS NULL
+                                           ORDER BY coalesce(s.score, x.ds) DESC NULLS LAST, x.doc))::integer
+                   END AS dr
+            FROM unnest(u_doc, u_dr, u_ds, u_chunk) AS x(doc, dr, ds, chunk)
+            LEFT JOIN medpg.dense_chunk_scores(
+                moved, ARRAY(SELECT c FROM unnest(u_chunk) c WHERE c IS NOT NULL)) s ON s.chunk_id = x.chunk
+        ) y;
+    END IF;
+
+    RETURN QUERY
+    WITH u AS (
+        SELECT * FROM unnest(u_doc, u_dr, u_ds, u_lr, u_ls, u_chunk, u_cs, u_ce)
+            AS x(doc, dr, ds, lr, ls, chunk, cs, ce)
     ),
     fz AS (
         SELECT x.document_id, x.fused_score
-        FROM arr CROSS JOIN LATERAL medpg.fuse(arr.a_doc, arr.a_dr, arr.a_ds, arr.a_lr, arr.a_ls,
-                                               fusion, rrf_k, dense_weight, lexical_weight) x
+        FROM medpg.fuse(u_doc, u_dr, u_ds, u_lr, u_ls, fusion, rrf_k, dense_weight, lexical_weight,
+                        coverage) x
         WHERE mode = 'hybrid'
     ),
     f AS (
@@ -204,4 +276,4 @@ END
 $$;
 
 COMMENT ON FUNCTION medpg.hybrid_search IS
-    'Dense + lexical (bm25 or ts_rank) candidates, fused (weighted or rrf), with per-document ranks, scores, evidence chunk and matched lexemes';
+    'Dense + lexical (bm25 or ts_rank) candidates, fused (adaptive, weighted or rrf) with optional Rocchio feedback, with per-document ranks, scores, evidence chunk and matched lexemes';
