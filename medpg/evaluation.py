@@ -5,7 +5,8 @@ and current vectors are skipped), queries are encoded once, then every system ru
 through the same SQL function the product uses (``medpg.hybrid_search``). Metrics come from ranx;
 latency is the SQL call alone (query encoding excluded), p50/p95 over the queries.
 
-Tune on dev or train (``--split dev``), report test.
+Tune on dev or train (``--split dev``), report test. Queries are encoded as search encodes them:
+with the active query adaptation (``medpg learn``) applied, and its fusion weights as the defaults.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -35,6 +36,9 @@ from medpg.retrieval.pipeline import search, search_params
 from medpg.retrieval.types import Filters
 from medpg.significance import MetricComparison, compare_with_baseline, describe, filled_run
 from medpg.vocabulary import FusionMethod, LexicalScorer, SearchMode
+
+if TYPE_CHECKING:
+    from medpg.learning.active import ActiveAdaptation
 
 K_FETCH = 100  # results scored per query (Recall@100)
 K_TIMED = 10  # results in the timed call
@@ -283,6 +287,7 @@ class _Queries:
     texts: list[str]
     embeddings: Any
     qrels: dict[str, dict[str, int]]
+    adaptation: ActiveAdaptation | None = None
 
     def rows(self) -> Iterator[tuple[str, str, Any]]:
         return zip(self.ids, self.texts, self.embeddings, strict=True)
@@ -317,7 +322,7 @@ def evaluate_dataset(
     shown = _Progress(progress, progress_interval)
     data = load_beir(dataset_dir, split)
     corpus = _prepare_corpus(db, settings, data, progress=shown, log=log)
-    queries = _encode_queries(settings, data, max_queries, log=log)
+    queries = _encode_queries(db, settings, data, max_queries, log=log)
     chosen = _choose_systems(settings, systems)
     results = []
     rankings: dict[str, dict[str, dict[str, float]]] = {}
@@ -413,17 +418,26 @@ def _stored_corpus(db: Database, settings: Settings, source: str) -> _Corpus:
 
 
 def _encode_queries(
-    settings: Settings, data: BeirData, max_queries: int | None, *, log: Callable[[str], None]
+    db: Database, settings: Settings, data: BeirData, max_queries: int | None, *, log: Callable[[str], None]
 ) -> _Queries:
-    """The judged queries (the first ``max_queries`` by id), encoded once for every system."""
+    """The judged queries (the first ``max_queries`` by id), encoded once for every system, with the
+    active query adaptation applied as search applies it."""
     from medpg.encoders import load_query_encoder
+    from medpg.learning.active import lookup
 
     qids = sorted(data.queries)[:max_queries] if max_queries else sorted(data.queries)
     texts = [data.queries[q] for q in qids]
     t0 = time.perf_counter()
-    embeddings = load_query_encoder(settings).encode_queries(texts)
+    encoder = load_query_encoder(settings)
+    embeddings = encoder.encode_queries(texts)
+    with db.connect() as conn:
+        adaptation = lookup(conn, db, encoder.model_name)
+        conn.rollback()
+    if adaptation is not None:
+        embeddings = adaptation.apply(embeddings)
+        log(f"query adaptation {adaptation.id} applied (medpg learn)")
     log(f"encoded {len(qids)} queries in {time.perf_counter() - t0:.1f}s")
-    return _Queries(qids, texts, embeddings, {q: data.qrels[q] for q in qids})
+    return _Queries(qids, texts, embeddings, {q: data.qrels[q] for q in qids}, adaptation)
 
 
 def _choose_systems(settings: Settings, names: Sequence[str] | None) -> list[System]:
@@ -496,8 +510,15 @@ def _run_sql(
     queries: _Queries,
     done: Callable[[int], object] = lambda _n: None,
 ) -> _Run:
-    scored = search_params(cfg, k=K_FETCH, mode=system.mode, lexical=system.lexical, fusion=system.fusion)
-    timed = search_params(cfg, k=K_TIMED, mode=system.mode, lexical=system.lexical, fusion=system.fusion)
+    from medpg.learning.active import fusion_weights
+
+    weights = fusion_weights(cfg, queries.adaptation)
+    scored = search_params(
+        cfg, k=K_FETCH, mode=system.mode, lexical=system.lexical, fusion=system.fusion, weights=weights
+    )
+    timed = search_params(
+        cfg, k=K_TIMED, mode=system.mode, lexical=system.lexical, fusion=system.fusion, weights=weights
+    )
     ranking: dict[str, dict[str, float]] = {}
     latencies: list[float] = []
     with db.connect() as conn:
@@ -558,6 +579,9 @@ def _build_report(
     results: list[SystemResult],
 ) -> EvalReport:
     """The report: the results and how they were made (command, machine, settings)."""
+    from medpg.learning.active import fusion_weights
+
+    dense_weight, lexical_weight = fusion_weights(settings, queries.adaptation)
     return EvalReport(
         dataset=data.name,
         split=split,
@@ -568,7 +592,12 @@ def _build_report(
         command=_command(),
         machine=_machine(db),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        settings={k: getattr(settings, k) for k in REPORTED_SETTINGS},
+        settings={
+            **{k: getattr(settings, k) for k in REPORTED_SETTINGS},
+            "dense_weight": dense_weight,
+            "lexical_weight": lexical_weight,
+            "query_adaptation": queries.adaptation.id if queries.adaptation else None,
+        },
         systems=results,
     )
 

@@ -11,6 +11,7 @@ import typer
 from medpg.cli import access as access_cli
 from medpg.cli import db as db_cli
 from medpg.cli import embed as embed_cli
+from medpg.cli import learn as learn_cli
 from medpg.cli import search as search_cli
 from medpg.cli import serve as serve_cli
 from medpg.cli.common import (
@@ -127,6 +128,7 @@ embed_cli.register(app)
 search_cli.register(app)
 serve_cli.register(app)
 access_cli.register(app)
+learn_cli.register(app)
 
 
 def _add_models() -> None:

@@ -137,8 +137,14 @@ def search_params(
     lexical: str,
     fusion: str,
     candidates: int | None = None,
+    weights: tuple[float, float] | None = None,
 ) -> sql.SearchParams:
-    """The SQL call's parameters from settings and per-call choices."""
+    """The SQL call's parameters from settings and per-call choices.
+
+    ``weights``: (dense, lexical) fusion weights instead of the settings' (the active query
+    adaptation's learned ones, ``medpg.learning.active.fusion_weights``).
+    """
+    dense_weight, lexical_weight = weights or (settings.dense_weight, settings.lexical_weight)
     return sql.SearchParams(
         k=k,
         mode=mode,
@@ -146,8 +152,8 @@ def search_params(
         lexical=lexical,
         fusion=fusion,
         rrf_k=settings.rrf_k,
-        dense_weight=settings.dense_weight,
-        lexical_weight=settings.lexical_weight,
+        dense_weight=dense_weight,
+        lexical_weight=lexical_weight,
         k1=settings.bm25_k1,
         b=settings.bm25_b,
         title_weight=settings.bm25_title_weight,
@@ -297,6 +303,39 @@ def _encode_query(
     embedding: np.ndarray = load_query_encoder(settings).encode_queries([text])[0]
     timings["encode"] = (time.perf_counter() - t0) * 1000
     return embedding
+
+
+def _adapt(
+    conn: Any,
+    db: Database,
+    settings: Settings,
+    run_mode: SearchMode | None,
+    embedding: np.ndarray | None,
+    *,
+    encoded_here: bool,
+    timings: dict[str, float],
+) -> tuple[np.ndarray | None, tuple[float, float]]:
+    """The active query adaptation (``medpg learn``) applied to a vector this search encoded, and
+    the fusion weights to use: the user's when set, else the adaptation's learned ones.
+
+    Looked up in the search's own transaction, under its scope (``medpg.learning.active``). A
+    caller's own ``query_embedding`` is used as given; only its fusion weights follow the adaptation.
+    """
+    if run_mode not in ("hybrid", "dense"):
+        return embedding, (settings.dense_weight, settings.lexical_weight)
+    from medpg.learning.active import fusion_weights, lookup
+
+    t0 = time.perf_counter()
+    query_model = None
+    if encoded_here:
+        from medpg.encoders import load_query_encoder
+
+        query_model = load_query_encoder(settings).model_name
+    adaptation = lookup(conn, db, query_model)
+    if adaptation is not None and encoded_here and embedding is not None:
+        embedding = adaptation.apply(embedding)
+    timings["adapt"] = (time.perf_counter() - t0) * 1000
+    return embedding, fusion_weights(settings, adaptation)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -544,20 +583,25 @@ def search(
     if plan.warning is not None:
         warnings.append(plan.warning)
     embedding = request.embedding
+    encoded_here = embedding is None
     if embedding is None:
         embedding = _encode_query(settings, request.text, run_mode, timings, notify)
-    params = search_params(
-        settings,
-        # the reranker reads the first MEDPG_RERANK_TOP_K rows even when fewer are returned
-        k=max(request.k, settings.rerank_top_k) if plan.model is not None else request.k,
-        mode=run_mode or "lexical",  # unused when nothing runs; the SQL still wants a valid mode
-        lexical=request.lexical,
-        fusion=request.fusion,
-        candidates=request.candidates,
-    )
     with db.connect() as conn:
         if scope is not None:
             scope.apply(conn)
+        embedding, weights = _adapt(
+            conn, db, settings, run_mode, embedding, encoded_here=encoded_here, timings=timings
+        )
+        params = search_params(
+            settings,
+            # the reranker reads the first MEDPG_RERANK_TOP_K rows even when fewer are returned
+            k=max(request.k, settings.rerank_top_k) if plan.model is not None else request.k,
+            mode=run_mode or "lexical",  # unused when nothing runs; the SQL still wants a valid mode
+            lexical=request.lexical,
+            fusion=request.fusion,
+            candidates=request.candidates,
+            weights=weights,
+        )
         found = _retrieve(conn, request, run_mode, embedding, params, timings, log_text=settings.log_text)
         warnings.extend(found.warnings)
         cross = None

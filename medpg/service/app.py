@@ -8,7 +8,8 @@ service (lexical search needs no model).
 
 Middleware, outermost first: request context (request id, access log, metrics, a generic 500),
 then the body size limit. Routes: ``medpg.service.health`` (/health, /metrics),
-``medpg.service.routes`` (documents, search, status, admin keys) and
+``medpg.service.routes`` (documents, search, status, admin keys),
+``medpg.service.feedback_routes`` (feedback for ``medpg learn``) and
 ``medpg.service.fhir_routes`` (FHIR R4 DocumentReference).
 """
 
@@ -23,7 +24,7 @@ from fastapi import FastAPI
 
 from medpg.config import Settings, get_settings
 from medpg.db.engine import Database
-from medpg.service import fhir_routes, health
+from medpg.service import feedback_routes, fhir_routes, health
 from medpg.service.errors import install_error_handlers
 from medpg.service.metrics import Metrics
 from medpg.service.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None, *, warm_models: bool = True) ->
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(api_router(settings.max_query_chars))
+    app.include_router(feedback_routes.router(settings.max_query_chars))
     app.include_router(fhir_routes.router())
     # add_middleware puts each new one outside the ones before it
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.api_max_body_bytes)

@@ -72,6 +72,20 @@ DROP POLICY IF EXISTS append_own_tenant ON medpg.audit_log;
 CREATE POLICY append_own_tenant ON medpg.audit_log FOR INSERT
     WITH CHECK (tenant_id = (SELECT medpg.scope_tenant()));
 
+-- Query adaptations (medpg learn): a role reads its tenant's and those for every tenant (NULL),
+-- which medpg.adapt_query_embedding applies for it; only the owner writes them.
+DROP POLICY IF EXISTS scoped ON medpg.query_adaptations;
+CREATE POLICY scoped ON medpg.query_adaptations FOR SELECT
+    USING (tenant_id IS NULL OR tenant_id = (SELECT medpg.scope_tenant()));
+
+-- Feedback: the API appends rows of its own tenant about documents it can see (a patient-bound key:
+-- its patients' documents); nobody but the owner (medpg learn --feedback) reads them.
+DROP POLICY IF EXISTS append_visible ON medpg.feedback;
+CREATE POLICY append_visible ON medpg.feedback FOR INSERT
+    WITH CHECK (tenant_id = (SELECT medpg.scope_tenant())
+                AND EXISTS (SELECT 1 FROM medpg.documents d
+                            WHERE d.id = feedback.document_id AND d.tenant_id = feedback.tenant_id));
+
 -- Privileges. Functions are executable by anyone (PostgreSQL's default); they run as the caller,
 -- so row-level security applies inside them. Only the index-maintenance triggers run as the owner.
 GRANT USAGE ON SCHEMA medpg TO medpg_api, medpg_app;
@@ -83,3 +97,6 @@ GRANT INSERT, UPDATE, DELETE ON medpg.documents, medpg.chunks TO medpg_api;
 GRANT USAGE ON SEQUENCE medpg.documents_id_seq TO medpg_api;
 GRANT INSERT ON medpg.audit_log TO medpg_api;
 GRANT USAGE ON SEQUENCE medpg.audit_log_id_seq TO medpg_api;
+GRANT SELECT ON medpg.query_adaptations TO medpg_api, medpg_app;
+GRANT INSERT ON medpg.feedback TO medpg_api;
+GRANT USAGE ON SEQUENCE medpg.feedback_id_seq TO medpg_api;
