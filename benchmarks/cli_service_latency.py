@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shlex
 import shutil
 import socket
@@ -45,25 +46,49 @@ HEAVY = ("torch", "transformers", "sentence_transformers", "sqlalchemy", "alembi
 
 @dataclass
 class Timing:
+    """Wall seconds per run, and the CPU seconds (user + system) of the child process when known."""
+
     name: str
     seconds: list[float]
+    cpu: list[float] | None = None
 
     @property
     def median(self) -> float:
         return statistics.median(self.seconds)
 
     def row(self) -> str:
-        return f"| {self.name} | {self.median:.2f} | {min(self.seconds):.2f} | {max(self.seconds):.2f} |"
+        cpu = f"{statistics.median(self.cpu):.2f}" if self.cpu else "-"
+        return (
+            f"| {self.name} | {self.median:.2f} | {min(self.seconds):.2f} | {max(self.seconds):.2f} | {cpu} |"
+        )
+
+
+TABLE_HEAD = ["| what | median s | min s | max s | CPU s (median) |", "|---|---:|---:|---:|---:|"]
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
     """Seconds for one command; a failure stops the benchmark."""
+    seconds, _, out = run_timed(argv, env, cwd)
+    return seconds, out
+
+
+def run_timed(
+    argv: list[str], env: dict[str, str], cwd: Path
+) -> tuple[float, float, subprocess.CompletedProcess[str]]:
+    """Wall and CPU seconds of one command; a failure stops the benchmark."""
+    cpu = _children_cpu()
     started = time.perf_counter()
     out = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    cpu = _children_cpu() - cpu
     if out.returncode != 0:
         raise SystemExit(f"{shlex.join(argv[:4])} failed ({out.returncode}): {out.stderr[-2000:]}")
-    return seconds, out
+    return seconds, cpu, out
 
 
 def medpg(
@@ -73,7 +98,8 @@ def medpg(
 
 
 def repeat(name: str, argv: list[str], env: dict[str, str], cwd: Path, runs: int) -> Timing:
-    timing = Timing(name, [run(argv, env, cwd)[0] for _ in range(runs)])
+    timed = [run_timed(argv, env, cwd) for _ in range(runs)]
+    timing = Timing(name, [t[0] for t in timed], [t[1] for t in timed])
     print(f"{name}: median {timing.median:.2f} s over {runs}", file=sys.stderr)
     return timing
 
@@ -96,20 +122,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_health(url: str, server: subprocess.Popen[bytes], timeout: float = 600) -> float:
+def wait_for_health(url: str, server: subprocess.Popen[bytes], log: Path, timeout: float = 600) -> float:
     import httpx
 
     started = time.perf_counter()
+    last = "no answer"
     while time.perf_counter() - started < timeout:
         if server.poll() is not None:
-            raise SystemExit(f"medpg serve exited with {server.returncode}")
+            raise SystemExit(f"medpg serve exited with {server.returncode}: {log.read_text()[-3000:]}")
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+            answer = httpx.get(f"{url}/health", timeout=1)
+            if answer.status_code == 200:
                 return time.perf_counter() - started
-        except httpx.HTTPError:
-            pass
+            last = f"{answer.status_code} {answer.text[:500]}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
         time.sleep(0.2)
-    raise SystemExit(f"medpg serve did not answer /health within {timeout:.0f} s")
+    raise SystemExit(
+        f"medpg serve did not answer /health within {timeout:.0f} s ({last}): {log.read_text()[-3000:]}"
+    )
 
 
 def http_only(url: str, token: str, runs: int) -> tuple[list[Timing], dict[str, float]]:
@@ -189,7 +220,8 @@ def render(
         f"- Machine: {machine_line}",
         f"- Data: the first {docs} documents of `{shown_corpus}`,"
         " embedded; MEDPG_MODEL_PROFILE=minilm (no cross-encoder)",
-        f"- Each figure: a new `python -m medpg.cli ...` process, {runs} runs, seconds (median, min, max); query"
+        f"- Each figure: a new `python -m medpg.cli ...` process, {runs} runs, wall seconds (median, min, max)"
+        " and the process's own CPU seconds (user + system; less sensitive to other load on the machine); query"
         f" {QUERY!r}, k=10, hybrid; the embedded server kept running by `medpg db start`",
         "",
         "## Set-up",
@@ -203,8 +235,7 @@ def render(
         lines += [
             f"## {title}",
             "",
-            "| command | median s | min s | max s |",
-            "|---|---:|---:|---:|",
+            *TABLE_HEAD,
             *[t.row() for t in timings],
             "",
             f"Service path: {imports}.",
@@ -219,8 +250,7 @@ def render(
     lines += [
         "## For comparison",
         "",
-        "| what | median s | min s | max s |",
-        "|---|---:|---:|---:|",
+        *TABLE_HEAD,
         *[t.row() for t in http],
         in_process.row(),
         "",
@@ -272,7 +302,8 @@ def main() -> None:
         token = created.stdout.strip().splitlines()[-1]
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        log = (data_dir / "serve.log").open("ab")
+        log_path = data_dir / "serve.log"
+        log = log_path.open("ab")
         server = subprocess.Popen(
             [sys.executable, "-m", "medpg.cli", "serve", "--port", str(port)],
             env=env,
@@ -280,7 +311,9 @@ def main() -> None:
             stdout=log,
             stderr=log,
         )
-        setup["`medpg serve` until /health answers (warms the query encoder)"] = wait_for_health(url, server)
+        setup["`medpg serve` until /health answers (warms the query encoder)"] = wait_for_health(
+            url, server, log_path
+        )
 
         variants = [("this checkout", str(REPO))]
         for spec in args.variant:
