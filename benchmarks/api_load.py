@@ -250,7 +250,7 @@ def main() -> None:
         f"{audit_rows[0] if audit_rows else 0}.",
         "",
         f"## Overhead: {args.overhead_runs} hybrid queries, direct `medpg.search()` and `POST /search` "
-        "interleaved (one at a time, no other load)",
+        "interleaved (one at a time; the benchmark itself adds no other load)",
         "",
         f"Load average at the start: {load_before}.",
         "",
