@@ -177,6 +177,18 @@ def _calls() -> list[tuple[str, str, str, dict[str, Any]]]:
             {"json": {"name": "escalate", "scopes": ["system/DocumentReference.rs"]}},
         ),
         ("DELETE", "/admin/keys/{key_id}", "/admin/keys/1", {}),
+        (
+            "POST",
+            "/feedback",
+            "/feedback",
+            {"json": {"query": "tamponade", "grade": 3, "document": {"source": "notes", "id": "b1"}}},
+        ),
+        (
+            "POST",
+            "/feedback",
+            "/feedback",
+            {"json": {"query": "tamponade", "grade": 2, "document": {"source": "notes", "id": "a1"}}},
+        ),
         ("GET", "/health", "/health", {}),
         ("GET", "/metrics", "/metrics", {}),
     ]
@@ -219,6 +231,12 @@ def test_patient_a_key_gets_nothing_of_b_through_any_route(world: dict[str, Any]
     assert ("mercy", "notes", "b2") in by_id
     assert ("mercy", "notes", "b9") not in by_id and ("mercy", "fhir", "fz") not in by_id
     assert by_id[("mercy", "fhir", "fb")][0] == "B"
+    with iso_db.connect() as conn:  # feedback on B's document was refused, on A's recorded
+        judged = conn.execute(
+            "SELECT d.external_id FROM medpg.feedback f JOIN medpg.documents d ON d.id = f.document_id"
+        ).fetchall()
+        conn.rollback()
+    assert judged == [("a1",)]
 
 
 def test_other_tenant_sees_only_its_own_documents_with_the_same_ids(world: dict[str, Any]) -> None:
