@@ -169,7 +169,9 @@ def _search_via_service(
     return result
 
 
-PROBE_SECONDS = 0.3
+# A refused connection (no service) answers at once; a service whose /health (a database round trip)
+# is slow, on a loaded machine, still gets a moment before the CLI searches in-process instead.
+PROBE_SECONDS = 2.0
 SEARCH_SECONDS = 300.0
 
 
