@@ -39,6 +39,7 @@ SELECT id, created_at, query_model, dense_weight, lexical_weight FROM medpg.acti
 _adapters: weakref.WeakKeyDictionary[Database, dict[tuple[int, datetime], ResidualLinear]] = (
     weakref.WeakKeyDictionary()
 )
+_warned: set[tuple[int, str]] = set()  # (adaptation, query model) said once per process
 _lock = threading.Lock()
 
 
@@ -70,12 +71,14 @@ def lookup(
         return None
     adaptation_id, created_at, trained_for, dense_weight, lexical_weight = row
     if query_model is not None and trained_for != query_model:
-        log.warning(
-            "query adaptation %d was trained for the query encoder %s, not %s: it is not applied",
-            adaptation_id,
-            trained_for,
-            query_model,
-        )
+        if (adaptation_id, query_model) not in _warned:
+            _warned.add((adaptation_id, query_model))
+            log.warning(
+                "query adaptation %d was trained for the query encoder %s, not %s: it is not applied",
+                adaptation_id,
+                trained_for,
+                query_model,
+            )
         return None
     key = (int(adaptation_id), created_at)
     with _lock:

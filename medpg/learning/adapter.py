@@ -13,7 +13,7 @@ query vectors; a test checks the two agree. Numpy only: search applies an adapta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,12 +25,14 @@ class ResidualLinear:
     """``W`` (dimension x dimension, float32) of ``q' = (q + W q) * |q| / |q + W q|``."""
 
     weight: np.ndarray
+    _transposed: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         w = np.asarray(self.weight, dtype=np.float32)
         if w.ndim != 2 or w.shape[0] != w.shape[1] or not np.isfinite(w).all():
             raise ValueError(f"a residual linear adapter needs a finite square matrix, got shape {w.shape}")
         object.__setattr__(self, "weight", w)
+        object.__setattr__(self, "_transposed", w.astype(np.float64).T.copy())  # applied in float64
 
     @property
     def dimension(self) -> int:
@@ -47,7 +49,7 @@ class ResidualLinear:
         q2 = q[None, :] if single else q
         if q2.shape[-1] != self.dimension:
             raise ValueError(f"query vectors have {q2.shape[-1]} dimensions, the adapter {self.dimension}")
-        x = q2 + q2 @ self.weight.astype(np.float64).T
+        x = q2 + q2 @ self._transposed
         q_norm = np.linalg.norm(q2, axis=1, keepdims=True)
         x_norm = np.linalg.norm(x, axis=1, keepdims=True)
         degenerate = (x_norm == 0) | (q_norm == 0)

@@ -3,13 +3,13 @@
 For each training query q, the adapted q' scores a document by its best chunk (as medpg's dense
 retrieval does: ``max_c q'·c``). The loss is a softmax cross-entropy (InfoNCE) of each judged-
 relevant document against the negatives: every other document of the batch's pool that the query
-does not judge relevant. The pool holds the batch's relevant documents (in-batch negatives for
-the other queries), each query's hard negatives (the top documents medpg's own dense retrieval
-returns for it that are not relevant, and documents judged 0), and, when the corpus is small
-enough (``TrainConfig.all_documents_up_to`` chunks), every document: on NFCorpus that beat hard
-and in-batch negatives alone by 0.01 nDCG@10 dense on dev. A query's relevant documents share
-its weight by grade, so a query with 400 judged documents counts as much as one with 4, as nDCG
-averages queries.
+does not judge relevant. When the corpus has at most ``TrainConfig.all_documents_up_to`` chunks,
+the pool is every document; otherwise it is the batch's relevant documents (in-batch negatives
+for the other queries) and each query's hard negatives (documents judged 0, and the top documents
+medpg's own dense retrieval returns for it that are not relevant). On NFCorpus every document beat
+in-batch and hard negatives by 0.005 dense nDCG@10 on dev (``benchmarks/results/learn_nfcorpus.md``).
+A query's relevant documents share its weight by grade, so a query with 400 judged documents
+counts as much as one with 4, as nDCG averages queries.
 
 W starts at zero (the identity), AdamW's weight decay pulls it back towards it, and training stops
 when the held-out nDCG@10 (dense retrieval through PostgreSQL, the caller's ``evaluate``) has not
@@ -143,7 +143,7 @@ def train_adapter(
     chunks = torch.from_numpy(documents.vectors)
     queries = torch.from_numpy(np.asarray(data.vectors, dtype=np.float32))
     everything = len(documents.document_ids) > 0 and documents.chunk_count <= config.all_documents_up_to
-    all_docs = np.arange(len(documents.document_ids))
+    whole = _Pool.of(documents, np.arange(len(documents.document_ids))) if everything else None
 
     weight = torch.zeros(dim, dim, requires_grad=True)
     optimizer = torch.optim.AdamW([weight], lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -160,8 +160,8 @@ def train_adapter(
         total = 0.0
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
-            pool = all_docs if everything else _pool(data, batch)
-            loss = _batch_loss(weight, queries, chunks, documents, data, batch, pool, config.temperature)
+            pool = whole or _Pool.of(documents, _pool_documents(data, batch))
+            loss = _batch_loss(weight, queries, chunks, data, batch, pool, config.temperature)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -176,7 +176,28 @@ def train_adapter(
     return TrainResult(best_weight, best_epoch, best, history, time.perf_counter() - started)
 
 
-def _pool(data: TrainingSet, batch: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class _Pool:
+    """The documents a batch is scored against: their positions, their chunk rows, and which of
+    them each row belongs to."""
+
+    documents: np.ndarray
+    rows: np.ndarray
+    owner: np.ndarray
+    every_row: bool = False
+
+    @classmethod
+    def of(cls, vectors: DocumentVectors, documents: np.ndarray) -> _Pool:
+        rows, owner = vectors.chunks_of(documents)
+        return cls(documents, rows, owner, every_row=len(rows) == vectors.chunk_count)
+
+    def local(self, position: int) -> int:
+        """The column of document ``position`` in the batch's scores, or -1."""
+        j = int(np.searchsorted(self.documents, position))
+        return j if j < len(self.documents) and self.documents[j] == position else -1
+
+
+def _pool_documents(data: TrainingSet, batch: np.ndarray) -> np.ndarray:
     """The documents a batch is scored against when not every document is: its relevant ones and
     its negatives."""
     parts = [np.fromiter(data.relevant[i].keys(), dtype=np.int64) for i in batch]
@@ -188,10 +209,9 @@ def _batch_loss(
     weight: torch.Tensor,
     queries: torch.Tensor,
     chunks: torch.Tensor,
-    documents: DocumentVectors,
     data: TrainingSet,
     batch: np.ndarray,
-    pool: np.ndarray,
+    pool: _Pool,
     temperature: float,
 ) -> torch.Tensor:
     """Grade-weighted InfoNCE of the batch's relevant documents against the pool's other documents."""
@@ -200,19 +220,18 @@ def _batch_loss(
     q = queries[torch.from_numpy(batch)]
     x = q + q @ weight.T
     adapted = x * (q.norm(dim=1, keepdim=True) / x.norm(dim=1, keepdim=True).clamp_min(1e-12))
-    rows, owner = documents.chunks_of(pool)
-    chunk_scores = adapted @ chunks[torch.from_numpy(rows)].T
+    rows = chunks if pool.every_row else chunks[torch.from_numpy(pool.rows)]
+    chunk_scores = adapted @ rows.T
     # a document's score is its best chunk's, as in medpg's dense retrieval
-    scores = torch.full((len(batch), len(pool)), -1e4).scatter_reduce(
-        1, torch.from_numpy(owner).expand(len(batch), -1), chunk_scores, reduce="amax", include_self=True
+    scores = torch.full((len(batch), len(pool.documents)), -1e4).scatter_reduce(
+        1, torch.from_numpy(pool.owner).expand(len(batch), -1), chunk_scores, reduce="amax", include_self=True
     )
     scores = scores / temperature
-    grades = torch.zeros(len(batch), len(pool))
-    local = {int(d): j for j, d in enumerate(pool)}
+    grades = torch.zeros(len(batch), len(pool.documents))
     for r, i in enumerate(batch):
         for doc, grade in data.relevant[i].items():
-            j = local.get(int(doc))
-            if j is not None:
+            j = int(doc) if pool.every_row else pool.local(int(doc))
+            if j >= 0:
                 grades[r, j] = float(grade)
     positive = grades > 0
     negatives = torch.logsumexp(scores.masked_fill(positive, -1e4), dim=1, keepdim=True)
