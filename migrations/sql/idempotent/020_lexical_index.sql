@@ -5,7 +5,10 @@
 --   medpg.lexical_blocks     (lexeme, block_id) -> document_ids[], tf[], tf_title[], dl[], dl_title[],
 --                            parallel arrays ordered by document id; at most 1,000 documents a block,
 --                            all of one (tenant_id, patient_id), so row-level security can hide a
---                            block whole (revision 0008).
+--                            block whole (revision 0008). Each row also keeps its bounds (revision
+--                            0010): n_docs, max_tf, max_tf_title, min_dl, min_dl_title, for pruned
+--                            BM25 (030_lexical_search.sql); they stay exact on insert and on removal.
+--                            One block_id names one set of documents across all its lexemes.
 --   medpg.lexical_documents  document_id -> the block holding its postings, dl, dl_title, its tenant
 --                            and patient.
 --   medpg.lexical_stats      per tenant, document count and total lengths in 16 slots (writer
@@ -108,9 +111,11 @@ AS $$
     ),
     ins AS (
         INSERT INTO medpg.lexical_blocks
-            (lexeme, block_id, document_ids, tf, tf_title, dl, dl_title, tenant_id, patient_id)
+            (lexeme, block_id, document_ids, tf, tf_title, dl, dl_title, tenant_id, patient_id,
+             n_docs, max_tf, max_tf_title, min_dl, min_dl_title)
         SELECT s.lexeme, s.block_id, array_agg(s.id), array_agg(s.tf), array_agg(s.tf_title),
-               array_agg(s.dl), array_agg(s.dl_title), min(s.tenant_id), min(s.patient_id)
+               array_agg(s.dl), array_agg(s.dl_title), min(s.tenant_id), min(s.patient_id),
+               count(*), max(s.tf), max(s.tf_title), min(s.dl), min(s.dl_title)
         FROM (
             SELECT p.lexeme, pl.block_id, p.id, p.tf, p.tf_title, p.dl, p.dl_title, pl.tenant_id, pl.patient_id
             FROM posting p JOIN placed pl ON pl.id = p.id
@@ -168,7 +173,9 @@ BEGIN
                    array_agg(u.tf ORDER BY u.document_ids) AS tf,
                    array_agg(u.tf_title ORDER BY u.document_ids) AS tf_title,
                    array_agg(u.dl ORDER BY u.document_ids) AS dl,
-                   array_agg(u.dl_title ORDER BY u.document_ids) AS dl_title
+                   array_agg(u.dl_title ORDER BY u.document_ids) AS dl_title,
+                   count(*) AS n_docs, max(u.tf) AS max_tf, max(u.tf_title) AS max_tf_title,
+                   min(u.dl) AS min_dl, min(u.dl_title) AS min_dl_title
             FROM unnest(b.document_ids, b.tf, b.tf_title, b.dl, b.dl_title)
                 AS u(document_ids, tf, tf_title, dl, dl_title)
             WHERE u.document_ids <> ALL (h.ids)
@@ -176,7 +183,9 @@ BEGIN
     ),
     upd AS (
         UPDATE medpg.lexical_blocks b
-        SET document_ids = k.document_ids, tf = k.tf, tf_title = k.tf_title, dl = k.dl, dl_title = k.dl_title
+        SET document_ids = k.document_ids, tf = k.tf, tf_title = k.tf_title, dl = k.dl, dl_title = k.dl_title,
+            n_docs = k.n_docs, max_tf = k.max_tf, max_tf_title = k.max_tf_title, min_dl = k.min_dl,
+            min_dl_title = k.min_dl_title
         FROM kept k
         WHERE b.lexeme = k.lexeme AND b.block_id = k.block_id AND k.document_ids IS NOT NULL
     ),
