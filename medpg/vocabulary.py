@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 SearchMode = Literal["hybrid", "dense", "lexical"]
-LexicalScorer = Literal["bm25", "ts_rank"]
+LexicalScorer = Literal["bm25", "ts_rank", "pg_textsearch"]
 FusionMethod = Literal["adaptive", "weighted", "rrf"]
 FeedbackMethod = Literal["rocchio", "none"]
 Similarity = Literal["ip", "cosine"]

@@ -554,8 +554,9 @@ def search(
 ) -> SearchResponse:
     """Search documents; results best first, each with an explanation and its evidence passage.
 
-    ``mode``: "hybrid" (dense + lexical, fused), "dense" or "lexical"; ``lexical``: "bm25" or
-    "ts_rank"; ``fusion``: "adaptive", "weighted" or "rrf" (defaults from settings). ``rerank``: None reranks
+    ``mode``: "hybrid" (dense + lexical, fused), "dense" or "lexical"; ``lexical``: "bm25",
+    "ts_rank" or "pg_textsearch" (where the server has that extension); ``fusion``: "adaptive",
+    "weighted" or "rrf" (defaults from settings). ``rerank``: None reranks
     the top MEDPG_RERANK_TOP_K with the cross-encoder when one is configured, True requires one,
     False turns it off. ``filters``: a Filters or a dict with sources, metadata (jsonb containment),
     date_from / date_to (half-open) and patient_ids. ``candidates``: per retriever, 1 to

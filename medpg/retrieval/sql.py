@@ -18,7 +18,7 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
-from medpg.errors import DatabaseError, InputError
+from medpg.errors import ConfigError, DatabaseError, InputError
 from medpg.privacy import shown
 from medpg.retrieval.types import Filters
 
@@ -147,6 +147,14 @@ def search_errors(log_text: bool) -> Iterator[None]:
         raise InputError(error_message(exc, log_text)) from None
     except psycopg.errors.DataError as exc:
         raise InputError(f"invalid search input: {error_message(exc, log_text)}") from None
+    except psycopg.errors.FeatureNotSupported as exc:
+        # A lexical backend the server lacks (medpg.textsearch_search): its message and hint say
+        # which setting chose it and what to install.
+        hint = getattr(exc.diag, "message_hint", None)
+        message = error_message(exc, log_text)
+        if message.startswith("medpg.") and hint:
+            raise ConfigError(f"{message}. To fix: {hint}") from None
+        raise DatabaseError(f"search failed: {message}") from None
     except psycopg.errors.UndefinedFunction as exc:
         raise DatabaseError(
             f"the search functions are missing ({error_message(exc, log_text)}): run `medpg db upgrade`"

@@ -102,7 +102,7 @@ class SearchRequestBase(_Request):
 
     k: int = Field(default=10, ge=1, le=MAX_K)
     mode: Literal["hybrid", "dense", "lexical"] | None = None
-    lexical: Literal["bm25", "ts_rank"] | None = None
+    lexical: LexicalScorer | None = None
     fusion: FusionMethod | None = None
     rerank: bool | None = Field(default=None, description="null: automatic (when a cross-encoder is here)")
     filters: FiltersIn | None = None

@@ -1,7 +1,9 @@
 -- medpg.hybrid_search: the whole retrieval in one call, with an explanation per document.
 --
 --   dense:   top candidates by HNSW (medpg.dense_search), best chunk per document
---   lexical: BM25 (medpg.bm25_search) or ts_rank (medpg.ts_rank_search)
+--   lexical: BM25 (medpg.bm25_search), ts_rank (medpg.ts_rank_search) or, where the server has
+--            the extension, pg_textsearch's BM25 index (medpg.textsearch_search; k1, b and
+--            title_weight are then the index's, fixed when it was built)
 --   each list's candidates are scored by the other retriever too (full-information fusion)
 --   fusion:  adaptive (default: weighted min-max, the lexical weight scaled by the query's lexical
 --            coverage), weighted min-max, or reciprocal rank fusion (medpg.fuse)
@@ -110,8 +112,8 @@ BEGIN
         RAISE EXCEPTION 'medpg.hybrid_search: mode must be hybrid, dense or lexical, got %', mode
             USING ERRCODE = '22023';
     END IF;
-    IF lexical IS NULL OR lexical NOT IN ('bm25', 'ts_rank') THEN
-        RAISE EXCEPTION 'medpg.hybrid_search: lexical must be bm25 or ts_rank, got %', lexical
+    IF lexical IS NULL OR lexical NOT IN ('bm25', 'ts_rank', 'pg_textsearch') THEN
+        RAISE EXCEPTION 'medpg.hybrid_search: lexical must be bm25, ts_rank or pg_textsearch, got %', lexical
             USING ERRCODE = '22023';
     END IF;
     IF fusion IS NULL OR fusion NOT IN ('adaptive', 'weighted', 'rrf') THEN
@@ -154,6 +156,13 @@ BEGIN
                    coalesce(array_agg(s.score ORDER BY s.rank NULLS LAST, s.document_id), '{}')
               INTO l_ids, l_ranks, l_scores
             FROM medpg.bm25_search(query_text, candidates, k1, b, title_weight, x_ids, sources => sources, metadata_contains => metadata_contains, date_from => date_from, date_to => date_to, patient_ids => patient_ids) s;
+        ELSIF lexical = 'pg_textsearch' THEN
+            -- The optional backend (035_pg_textsearch.sql): raises 0A000 where it is missing.
+            SELECT coalesce(array_agg(s.document_id ORDER BY s.rank NULLS LAST, s.document_id), '{}'),
+                   coalesce(array_agg(s.rank ORDER BY s.rank NULLS LAST, s.document_id), '{}'),
+                   coalesce(array_agg(s.score ORDER BY s.rank NULLS LAST, s.document_id), '{}')
+              INTO l_ids, l_ranks, l_scores
+            FROM medpg.textsearch_search(query_text, candidates, x_ids, sources => sources, metadata_contains => metadata_contains, date_from => date_from, date_to => date_to, patient_ids => patient_ids) s;
         ELSE
             SELECT coalesce(array_agg(s.document_id ORDER BY s.rank NULLS LAST, s.document_id), '{}'),
                    coalesce(array_agg(s.rank ORDER BY s.rank NULLS LAST, s.document_id), '{}'),
@@ -276,4 +285,4 @@ END
 $$;
 
 COMMENT ON FUNCTION medpg.hybrid_search IS
-    'Dense + lexical (bm25 or ts_rank) candidates, fused (adaptive, weighted or rrf) with optional Rocchio feedback, with per-document ranks, scores, evidence chunk and matched lexemes';
+    'Dense + lexical (bm25, ts_rank or pg_textsearch) candidates, fused (adaptive, weighted or rrf) with optional Rocchio feedback, with per-document ranks, scores, evidence chunk and matched lexemes';
