@@ -46,7 +46,8 @@ import argparse
 import re
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -325,6 +326,17 @@ ORDER BY c.id
 HNSW_INDEX = "chunks_embedding_hnsw_idx"
 
 
+@contextmanager
+def autocommit(conn: Any) -> Iterator[None]:
+    """Autocommit for the block (VACUUM, CREATE INDEX), then as before: pooled connections are reused."""
+    before = conn.autocommit
+    conn.autocommit = True
+    try:
+        yield
+    finally:
+        conn.autocommit = before
+
+
 def load_chunk_vectors(
     db: Database, dim: int = DEFAULT_DIM, seed: int = 0, batch: int = 20_000, drop_index: bool = True
 ) -> LoadReport:
@@ -342,6 +354,7 @@ def load_chunk_vectors(
     started = time.perf_counter()
     vector_seconds = 0.0
     with db.connect() as conn:  # one transaction: the vectors, the marks and the model, or nothing
+        conn.autocommit = False
         active = space_model(conn, lock="update")
         if active not in (None, model):
             raise ValueError(f"the embedding space already holds vectors of {active!r}, not {model!r}")
@@ -381,8 +394,7 @@ def build_hnsw_index(
     should fit in ``maintenance_work_mem`` (pgvector warns and slows down a lot when it does not:
     about 1.1 x vectors x (4 x dim + 8 x m) bytes).
     """
-    with db.connect() as conn:
-        conn.autocommit = True
+    with db.connect() as conn, autocommit(conn):
         space = conn.execute(
             "SELECT dimension, similarity, index_storage, hnsw_m, hnsw_ef_construction FROM medpg.embedding_space"
         ).fetchone()
