@@ -1,4 +1,4 @@
-"""`medpg db upgrade|downgrade|status|url|start|stop|shell`."""
+"""`medpg db upgrade|downgrade|status|reindex|url|start|stop|shell`."""
 
 from __future__ import annotations
 
@@ -68,6 +68,61 @@ def status() -> None:
     if state.column_dimension is not None:
         console.print(f"embedding:  vector({state.column_dimension}), {state.similarity} similarity")
         console.print(f"model:      {state.active_model or 'none yet'}")
+
+
+@app.command(cls=Command)
+@handle_errors
+def reindex(
+    storage: str | None = typer.Option(
+        None,
+        metavar="STORAGE",
+        help="vector (full precision) or halfvec (half the size); default: as recorded.",
+    ),
+    m: int | None = typer.Option(
+        None, "--m", metavar="M", help="HNSW links per node (2-100); default: as recorded."
+    ),
+    ef_construction: int | None = typer.Option(
+        None, "--ef-construction", metavar="EF", help="HNSW build beam (4-1000, >= 2m); default: as recorded."
+    ),
+    concurrently: bool = typer.Option(
+        False,
+        "--concurrently",
+        help="Build beside the old index (CREATE INDEX CONCURRENTLY): search keeps working.",
+    ),
+    maintenance_work_mem: str | None = typer.Option(
+        None, "--maintenance-work-mem", metavar="SIZE", help="e.g. 2GB; default: the estimated graph size."
+    ),
+    parallel_workers: int | None = typer.Option(
+        None,
+        "--parallel-workers",
+        metavar="N",
+        help="max_parallel_maintenance_workers; default: the server's.",
+    ),
+) -> None:
+    """Rebuild the dense (HNSW) index, optionally with another storage or parameters, and record them."""
+    from medpg import schema
+    from medpg.embedding.index import STORAGES, rebuild_dense_index
+
+    if storage is not None and storage not in STORAGES:
+        raise typer.BadParameter(f"--storage must be one of {', '.join(STORAGES)}")
+    db = database()
+    schema.check(db)
+    build = rebuild_dense_index(
+        db,
+        storage=storage,
+        m=m,
+        ef_construction=ef_construction,
+        concurrently=concurrently,
+        maintenance_work_mem=maintenance_work_mem,
+        parallel_workers=parallel_workers,
+    )
+    s = build.spec
+    console.print(
+        f"dense index rebuilt: {s.storage} {s.opclass}, m={s.m}, ef_construction={s.ef_construction}; "
+        f"{build.vectors:,} vectors in {build.seconds:.1f} s, {build.size_bytes / (1 << 20):,.1f} MB "
+        f"(maintenance_work_mem {build.maintenance_work_mem})",
+        highlight=False,
+    )
 
 
 def _embedded_only(what: str) -> None:

@@ -4,6 +4,8 @@
 -- 'ip' (inner product, MedCPT) or 'cosine' (MiniLM). The HNSW index was built with the matching
 -- operator class, so the index scan must order by that operator: <#> (negative inner product) or
 -- <=> (cosine distance). Scores are "higher is better": -(a <#> b), or 1 - (a <=> b).
+-- The index is built by medpg.embedding.index from embedding_space's index_storage, hnsw_m and
+-- hnsw_ef_construction: over the column ('vector') or over embedding::halfvec(D) ('halfvec').
 -- Only chunks embedded by the model named in embedding_space.model are searched.
 
 -- The score of a distance under a similarity.
@@ -59,6 +61,13 @@ $$;
 
 -- The chunk_limit nearest chunks by the HNSW index (iterative scan), optionally only those of
 -- documents passing the filters. One query per operator: the index can only serve a literal one.
+-- With embedding_space.index_storage = 'halfvec' the index is over embedding::halfvec(D)
+-- (medpg.embedding.index) and the scan must order by that same expression, whose dimension is a
+-- literal: that query is made here from the space's dimension (one more parse and plan per call;
+-- the definitions stay the same for every space). Distances returned are the
+-- full-precision ones, whichever index found the chunks. enable_seqscan is off for the call: these
+-- queries exist to be served by the index, which the planner's costs for a small table (or for
+-- the halfvec expression) would otherwise pass over for a full sort.
 CREATE OR REPLACE FUNCTION medpg.dense_chunk_candidates(
     query_embedding vector, chunk_limit integer, space_model text, similarity text,
     sources text[] DEFAULT NULL,
@@ -70,11 +79,31 @@ RETURNS TABLE (chunk_id bigint, document_id bigint, distance double precision, c
                char_end integer)
 LANGUAGE plpgsql STABLE
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     filtered boolean := medpg.has_filter(sources, metadata_contains, date_from, date_to, patient_ids);
+    storage text;
+    dim integer;
 BEGIN
-    IF similarity = 'cosine' THEN
+    SELECT e.index_storage, e.dimension INTO storage, dim FROM medpg.embedding_space e;
+    IF storage = 'halfvec' THEN
+        RETURN QUERY EXECUTE format(
+            $q$
+            SELECT c.id, c.document_id, (c.embedding %1$s $1)::float8, c.char_start, c.char_end
+            FROM medpg.chunks c
+            WHERE c.embedding_model = $3
+              AND (NOT $4 OR EXISTS (
+                    SELECT 1 FROM medpg.documents fd
+                    WHERE fd.id = c.document_id
+                      AND medpg.document_matches(fd, $5, $6, $7, $8, $9)))
+            ORDER BY (c.embedding::halfvec(%2$s)) %1$s ($1::halfvec(%2$s))
+            LIMIT $2
+            $q$,
+            CASE WHEN similarity = 'cosine' THEN '<=>' ELSE '<#>' END, dim)
+        USING query_embedding, chunk_limit, space_model, filtered,
+              sources, metadata_contains, date_from, date_to, patient_ids;
+    ELSIF similarity = 'cosine' THEN
         RETURN QUERY
         SELECT c.id, c.document_id, (c.embedding <=> query_embedding)::float8, c.char_start, c.char_end
         FROM medpg.chunks c
@@ -100,6 +129,14 @@ BEGIN
 END
 $$;
 
+-- The most chunks a patient selection may hold for medpg.dense_search to scan them exactly
+-- without the HNSW index: the medpg.dense_exact_chunks setting (SET it per session or role),
+-- 5000 by default. Exact scoring costs about a microsecond a chunk plus reading its vector;
+-- below a few thousand chunks it is faster than an index scan that skips other patients' rows.
+CREATE OR REPLACE FUNCTION medpg.dense_exact_chunks() RETURNS integer
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT coalesce(nullif(current_setting('medpg.dense_exact_chunks', true), '')::integer, 5000) $$;
+
 -- hnsw.ef_search for one call: 1..1000 (pgvector's own range).
 CREATE OR REPLACE FUNCTION medpg.check_ef_search(fn text, arg text, value integer)
 RETURNS boolean
@@ -111,6 +148,12 @@ AS $$ SELECT medpg.check_range(fn, arg, value, 1, 1000) $$;
 -- list). With a filter (or row-level security), if the index scan gave up early
 -- (hnsw.max_scan_tuples: a selective filter), an exact scan of the matching documents' chunks is
 -- cheap and complete. ``also`` as in bm25_search.
+-- Per-patient plan: when patient_ids is given, or row-level security binds the caller to some
+-- patients (medpg.patient_scoped), and those patients' documents hold at most
+-- medpg.dense_exact_chunks() chunks, the HNSW index is skipped: their chunks are read through the
+-- patient btree (documents_patient_idx, then chunks by document) and scored exactly, so one
+-- patient's search is fast and its answer is the exact one. Ties are broken alike on every path:
+-- chunks by (distance, chunk id), documents by (distance of their best chunk, document id).
 -- n (1..10000) and ef_search (1..1000) are checked first: SQLSTATE 22023.
 CREATE OR REPLACE FUNCTION medpg.dense_search(
     query_embedding vector, n integer DEFAULT 100, ef_search integer DEFAULT 100,
@@ -136,6 +179,12 @@ DECLARE
     filtered boolean := medpg.has_filter(sources, metadata_contains, date_from, date_to, patient_ids)
                         OR row_security_active('medpg.chunks'::regclass);
     space medpg.embedding_space;
+    -- The patients the search is confined to (the filter's, else the caller's scope): their
+    -- documents are found through the patient btree.
+    patients text[] := patient_ids;
+    exact boolean := false;
+    exact_limit integer;
+    selected integer;
     chunk_limit integer;
     ids bigint[];
     docs bigint[];
@@ -143,7 +192,7 @@ DECLARE
     starts integer[];
     ends integer[];
     got integer;
-    distinct_docs integer;
+    distinct_docs integer := 0;
 BEGIN
     IF query_embedding IS NULL THEN
         RAISE EXCEPTION 'medpg.dense_search: query_embedding is NULL' USING ERRCODE = '22004';
@@ -153,38 +202,72 @@ BEGIN
     chunk_limit := ceil(n * 2.5)::integer;
     PERFORM set_config('hnsw.ef_search', ef_search::text, true);
     SELECT * INTO space FROM medpg.embedding_space;
-    LOOP
-        SELECT array_agg(x.chunk_id ORDER BY x.distance, x.chunk_id),
-               array_agg(x.document_id ORDER BY x.distance, x.chunk_id),
-               array_agg(x.distance ORDER BY x.distance, x.chunk_id),
-               array_agg(x.char_start ORDER BY x.distance, x.chunk_id),
-               array_agg(x.char_end ORDER BY x.distance, x.chunk_id)
-          INTO ids, docs, dists, starts, ends
-        FROM medpg.dense_chunk_candidates(query_embedding, chunk_limit, space.model, space.similarity,
-                                          sources, metadata_contains, date_from, date_to, patient_ids) x;
-        got := coalesce(cardinality(ids), 0);
-        SELECT count(DISTINCT d) INTO distinct_docs FROM unnest(docs) d;
-        EXIT WHEN got < chunk_limit OR distinct_docs >= n OR chunk_limit >= 64 * greatest(n, 1);
-        chunk_limit := least(64 * greatest(n, 1), greatest(
-            chunk_limit + n,
-            ceil(chunk_limit::numeric * n / greatest(distinct_docs, 1) * 1.25)::integer));
-    END LOOP;
-    IF filtered AND distinct_docs < n THEN
-        SELECT array_agg(x.id ORDER BY x.distance, x.id), array_agg(x.document_id ORDER BY x.distance, x.id),
-               array_agg(x.distance ORDER BY x.distance, x.id), array_agg(x.char_start ORDER BY x.distance, x.id),
-               array_agg(x.char_end ORDER BY x.distance, x.id)
-          INTO ids, docs, dists, starts, ends
-        FROM (
-            SELECT c.id, c.document_id,
-                   medpg.vector_distance(c.embedding, query_embedding, space.similarity)::float8 AS distance,
-                   c.char_start, c.char_end
-            FROM medpg.documents fd
-            JOIN medpg.chunks c ON c.document_id = fd.id
-            WHERE medpg.document_matches(fd, sources, metadata_contains, date_from, date_to, patient_ids)
-              AND c.embedding_model = space.model AND c.embedding IS NOT NULL
-            ORDER BY 3
-            LIMIT 64 * greatest(n, 1)
-        ) x;
+    IF patients IS NULL AND medpg.patient_scoped() THEN
+        patients := medpg.scope_patients();
+    END IF;
+    IF patients IS NOT NULL THEN
+        exact_limit := medpg.dense_exact_chunks();
+        SELECT count(*) INTO selected FROM (
+            SELECT 1 FROM medpg.documents fd JOIN medpg.chunks c ON c.document_id = fd.id
+            WHERE fd.patient_id = ANY (patients)
+            LIMIT exact_limit + 1
+        ) s;
+        exact := selected <= exact_limit;
+    END IF;
+    IF NOT exact THEN
+        LOOP
+            SELECT array_agg(x.chunk_id ORDER BY x.distance, x.chunk_id),
+                   array_agg(x.document_id ORDER BY x.distance, x.chunk_id),
+                   array_agg(x.distance ORDER BY x.distance, x.chunk_id),
+                   array_agg(x.char_start ORDER BY x.distance, x.chunk_id),
+                   array_agg(x.char_end ORDER BY x.distance, x.chunk_id)
+              INTO ids, docs, dists, starts, ends
+            FROM medpg.dense_chunk_candidates(query_embedding, chunk_limit, space.model, space.similarity,
+                                              sources, metadata_contains, date_from, date_to, patient_ids) x;
+            got := coalesce(cardinality(ids), 0);
+            SELECT count(DISTINCT d) INTO distinct_docs FROM unnest(docs) d;
+            EXIT WHEN got < chunk_limit OR distinct_docs >= n OR chunk_limit >= 64 * greatest(n, 1);
+            chunk_limit := least(64 * greatest(n, 1), greatest(
+                chunk_limit + n,
+                ceil(chunk_limit::numeric * n / greatest(distinct_docs, 1) * 1.25)::integer));
+        END LOOP;
+    END IF;
+    IF exact OR (filtered AND distinct_docs < n) THEN
+        IF patients IS NOT NULL THEN
+            -- Every chunk of the selection when it is small (exact), else the nearest 64n.
+            SELECT array_agg(x.id ORDER BY x.distance, x.id), array_agg(x.document_id ORDER BY x.distance, x.id),
+                   array_agg(x.distance ORDER BY x.distance, x.id), array_agg(x.char_start ORDER BY x.distance, x.id),
+                   array_agg(x.char_end ORDER BY x.distance, x.id)
+              INTO ids, docs, dists, starts, ends
+            FROM (
+                SELECT c.id, c.document_id,
+                       medpg.vector_distance(c.embedding, query_embedding, space.similarity)::float8 AS distance,
+                       c.char_start, c.char_end
+                FROM medpg.documents fd
+                JOIN medpg.chunks c ON c.document_id = fd.id
+                WHERE fd.patient_id = ANY (patients)
+                  AND medpg.document_matches(fd, sources, metadata_contains, date_from, date_to, patient_ids)
+                  AND c.embedding_model = space.model AND c.embedding IS NOT NULL
+                ORDER BY 3, 1
+                LIMIT CASE WHEN exact THEN NULL ELSE 64 * greatest(n, 1) END
+            ) x;
+        ELSE
+            SELECT array_agg(x.id ORDER BY x.distance, x.id), array_agg(x.document_id ORDER BY x.distance, x.id),
+                   array_agg(x.distance ORDER BY x.distance, x.id), array_agg(x.char_start ORDER BY x.distance, x.id),
+                   array_agg(x.char_end ORDER BY x.distance, x.id)
+              INTO ids, docs, dists, starts, ends
+            FROM (
+                SELECT c.id, c.document_id,
+                       medpg.vector_distance(c.embedding, query_embedding, space.similarity)::float8 AS distance,
+                       c.char_start, c.char_end
+                FROM medpg.documents fd
+                JOIN medpg.chunks c ON c.document_id = fd.id
+                WHERE medpg.document_matches(fd, sources, metadata_contains, date_from, date_to, patient_ids)
+                  AND c.embedding_model = space.model AND c.embedding IS NOT NULL
+                ORDER BY 3, 1
+                LIMIT 64 * greatest(n, 1)
+            ) x;
+        END IF;
     END IF;
     RETURN QUERY
     WITH best AS (
