@@ -304,6 +304,18 @@ def test_default_threshold_picks_the_exact_path_for_rare_terms(corpus: Database)
     assert rare == exact  # the same function ran: identical to the last bit
 
 
+def test_a_patient_filter_prunes_even_with_few_postings(corpus: Database) -> None:
+    """The exact function would read every patient's postings; the pruned one reads the patient's."""
+    with corpus.connect() as conn:
+        conn.execute("RESET medpg.bm25_exhaustive_postings")
+        for query in ("mutation gene", "patient cancer"):
+            pruned = _run(conn, "bm25_search", query, 10, patient_ids=["p4"])
+            exact = _run(conn, "bm25_search_exact", query, 10, patient_ids=["p4"])
+            assert [d for d, _, _ in pruned] == [d for d, _, _ in exact]
+            assert all(math.isclose(p[2], e[2], rel_tol=REL) for p, e in zip(pruned, exact, strict=True))
+        conn.rollback()
+
+
 def test_query_without_known_terms_is_empty(corpus: Database) -> None:
     with corpus.connect() as conn:
         conn.execute("SET medpg.bm25_exhaustive_postings = 0")

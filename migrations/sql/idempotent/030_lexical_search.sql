@@ -201,8 +201,9 @@ $$;
 --
 -- When the query's lexemes have at most medpg.bm25_exhaustive_postings postings together (a
 -- setting, default 20000; 0 prunes always), scoring them all is as fast and the exact function
--- runs instead. Filters: a patient filter skips other patients' blocks before any bound is summed
--- (a block holds one patient); other filters are checked per document as it is scored, so the
+-- runs instead, except with a patient filter. Filters: a patient filter skips other patients'
+-- blocks before any bound is summed (a block holds one patient), so one patient's search reads
+-- that patient's blocks only; other filters are checked per document as it is scored, so the
 -- n-th score is that of the n-th matching document. Row-level security hides whole blocks, and
 -- N, avgdl and document frequencies are those of what the caller sees, as in bm25_scores.
 CREATE OR REPLACE FUNCTION medpg.bm25_search(
@@ -257,7 +258,9 @@ BEGIN
     ) q
     WHERE q.df > 0;
 
-    IF postings IS NULL OR postings <= exhaustive THEN
+    -- Few postings: score them all (with a patient filter the exact function still reads every
+    -- posting of the lexemes, so the pruned path, which reads the patients' blocks only, runs).
+    IF postings IS NULL OR (postings <= exhaustive AND patient_ids IS NULL) THEN
         RETURN QUERY
         SELECT x.document_id, x.rank, x.score
         FROM medpg.bm25_search_exact(query_text, lim, k1, b, title_weight, also, sources,
