@@ -449,3 +449,38 @@ def test_a_failed_rebuild_keeps_the_old_index(dense_db: Database) -> None:
         with dense_db.connect() as conn:
             assert read_spec(conn).storage == "vector"
             assert "vector_cosine_ops" in (index_definition(conn) or "")
+
+
+def test_the_hnsw_benchmark_runs_small(tmp_path: Any) -> None:
+    """benchmarks/hnsw_params.py end to end at 2,000 vectors (its own embedded server)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    if not (repo.parent / "shared" / "data" / "nfcorpus" / "corpus.jsonl").exists():
+        pytest.skip("benchmarks/corpus.py needs ../shared/data")
+    out = tmp_path / "hnsw.md"
+    subprocess.run(
+        [
+            sys.executable,
+            str(repo / "benchmarks" / "hnsw_params.py"),
+            "--vectors",
+            "2000",
+            "--dim",
+            "256",
+            "--queries",
+            "10",
+            "--grid",
+            "vector:8:32,halfvec:8:32",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    text = out.read_text()
+    assert "| vector | 8 | 32 |" in text and "| halfvec | 8 | 32 |" in text
+    assert "Exact top 10 over k vectors" in text
