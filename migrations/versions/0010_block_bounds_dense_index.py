@@ -11,7 +11,10 @@
 - ``medpg.embedding_space`` records how the HNSW index over chunk vectors is built:
   ``index_storage`` ('vector': full precision; 'halfvec': an expression index over
   ``embedding::halfvec``, half the size), ``hnsw_m`` and ``hnsw_ef_construction``
-  (``medpg.embedding.index``).
+  (``medpg.embedding.index``). A database without vectors yet has its (empty) index set to
+  ef_construction 128, which reached recall@10 0.97 where 64 gave 0.93 at 100k x 768
+  (benchmarks/results/hnsw_params.md); one with vectors keeps its graph, recorded as built (64),
+  until ``medpg db reindex``.
 
 Backfilling rewrites every block row once (one UPDATE).
 
@@ -63,9 +66,33 @@ def upgrade() -> None:
                 CHECK (hnsw_ef_construction BETWEEN 4 AND 1000)
         """
     )
+    op.execute(
+        """
+        DO $$
+        BEGIN
+            IF to_regclass('medpg.chunks_embedding_hnsw_idx') IS NOT NULL
+               AND NOT EXISTS (SELECT FROM medpg.chunks WHERE embedding IS NOT NULL) THEN
+                ALTER INDEX medpg.chunks_embedding_hnsw_idx SET (ef_construction = 128);
+                UPDATE medpg.embedding_space SET hnsw_ef_construction = 128;
+            END IF;
+        END
+        $$
+        """
+    )
 
 
 def downgrade() -> None:
+    op.execute(
+        """
+        DO $$
+        BEGIN
+            IF to_regclass('medpg.chunks_embedding_hnsw_idx') IS NOT NULL THEN
+                ALTER INDEX medpg.chunks_embedding_hnsw_idx RESET (ef_construction);
+            END IF;
+        END
+        $$
+        """
+    )
     op.execute(
         "ALTER TABLE medpg.embedding_space DROP COLUMN index_storage, DROP COLUMN hnsw_m, "
         "DROP COLUMN hnsw_ef_construction"
