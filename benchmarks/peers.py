@@ -50,6 +50,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -709,6 +710,20 @@ def _plain_table(conn: psycopg.Connection[Any], table: str, passages: Passages) 
     conn.execute(f"ALTER TABLE public.{table} ADD PRIMARY KEY (id)")
 
 
+def _sample_params(ds: Dataset) -> dict[str, Any]:
+    return {"v": ds.qvecs[0], "q": ds.queries[0], "n": DEPTH, "k": RRF_K}
+
+
+def plan_indexes(conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]) -> str:
+    """The indexes PostgreSQL's plan for ``sql`` scans (a sequential scan is named as such)."""
+    plan = [r[0] for r in conn.execute("EXPLAIN (COSTS OFF) " + sql, params).fetchall()]
+    used = sorted(
+        {m.group(1) for line in plan for m in re.finditer(r"Index(?: Only)? Scan using (\S+)", line)}
+    )
+    seq = sorted({m.group(1) for line in plan for m in re.finditer(r"Seq Scan on (\S+)", line)})
+    return ", ".join([*(f"index {u}" for u in used), *(f"seq scan {t}" for t in seq)])
+
+
 class PgvectorRRF(System):
     """pgvector-python's examples/hybrid_search/rrf.py, as SQL of its own: a GIN index on
     to_tsvector('english', content), plainto_tsquery, ts_rank_cd, cosine distance, RRF k 60."""
@@ -759,6 +774,7 @@ ORDER BY score DESC, id LIMIT %(n)s
             f"GIN on to_tsvector('english', content) + HNSW (m 16, ef_construction 64, ef_search "
             f"{max(DEPTH, ds.settings.hnsw_ef_search)}), LIMIT {DEPTH} per list (recipe: 20), k {RRF_K}"
         )
+        self.detail += "; plan: " + plan_indexes(self.conn, self.SQL, _sample_params(ds))
 
     def search(self, text: str, vector: np.ndarray) -> list[str]:
         rows = self.conn.execute(self.SQL, {"v": vector, "q": text, "n": DEPTH, "k": RRF_K}).fetchall()
@@ -824,6 +840,7 @@ ORDER BY score DESC, id LIMIT %(n)s
             f"pg_textsearch {self.version} bm25 index (english, k1 1.2, b 0.75), HNSW cosine "
             f"(ef_search {ef}), top {DEPTH} of each, RRF k {RRF_K}"
         )
+        self.detail += "; plan: " + plan_indexes(self.conn, self.SQL, _sample_params(ds))
 
     def search(self, text: str, vector: np.ndarray) -> list[str]:
         rows = self.conn.execute(self.SQL, {"v": vector, "q": text, "n": DEPTH, "k": RRF_K}).fetchall()
@@ -1060,9 +1077,11 @@ def render(result: dict[str, Any]) -> str:
         lines.append("")
         lines += _skipped(lat)
     lines += ["## How each system is set up", ""]
-    for key, detail in result["details"].items():
-        lines.append(f"- **{SYSTEMS[key]}**: {detail}")
-    lines += ["", "## Notes", "", *(f"- {n}" for n in result["notes"]), ""]
+    for label, details in result["details"].items():
+        lines += [f"{label}:", ""]
+        lines += [f"- **{SYSTEMS[key]}**: {detail}" for key, detail in details.items()]
+        lines.append("")
+    lines += ["## Notes", "", *(f"- {n}" for n in result["notes"]), ""]
     return "\n".join(lines)
 
 
@@ -1186,7 +1205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"p50/p95 here: one interleaved round at NFCorpus size after a warm-up ({len(ds.qids)} calls each)"
             )
             result["quality"] = part
-            result["details"].update(details)
+            result["details"]["NFCorpus"] = details
             ds.db.dispose()
         for n in args.size_list:
             ds = load_passages(server, args, n)
@@ -1196,10 +1215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "each query calling every system in rotating order"
             )
             result["latency"][str(n)] = part
-            for key, detail in details.items():
-                result["details"].setdefault(key, detail)
-                if n >= 50_000 and key == "lancedb":
-                    result["details"][key] = detail
+            result["details"][f"{n:,} passages"] = details
             ds.db.dispose()
     finally:
         server.cleanup()
