@@ -29,6 +29,13 @@ class ConfigError(MedpgError):
     http_status = 500
 
 
+class BackendUnavailableError(ConfigError):
+    """An optional backend this server lacks (the pg_textsearch lexical backend), chosen by a setting.
+
+    Chosen by a caller's argument instead, search reports it as an InputError naming the argument.
+    """
+
+
 class DatabaseError(MedpgError):
     """Base of database problems: unreachable, lacking pgvector, or a schema that does not fit."""
 

@@ -26,7 +26,7 @@ from medpg.access import Scope
 from medpg.audit import AuditContext
 from medpg.config import Settings, get_settings
 from medpg.db.engine import Database
-from medpg.errors import ConfigError, InputError, ModelNotAvailableError
+from medpg.errors import BackendUnavailableError, ConfigError, InputError, ModelNotAvailableError
 from medpg.retrieval import arguments, sql
 from medpg.retrieval.arguments import MAX_CANDIDATES, MAX_K
 from medpg.retrieval.query import prepare_query
@@ -603,7 +603,12 @@ def search(
             candidates=request.candidates,
             weights=weights,
         )
-        found = _retrieve(conn, request, run_mode, embedding, params, timings, log_text=settings.log_text)
+        try:
+            found = _retrieve(conn, request, run_mode, embedding, params, timings, log_text=settings.log_text)
+        except BackendUnavailableError as exc:
+            if lexical is None:  # MEDPG_LEXICAL_SCORER chose it: the server's configuration
+                raise
+            raise InputError(f"lexical {request.lexical!r} is not available on this server: {exc}") from None
         warnings.extend(found.warnings)
         cross = None
         if found.rows:  # nothing to rerank: the model is not loaded

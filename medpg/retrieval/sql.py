@@ -18,7 +18,7 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
-from medpg.errors import ConfigError, DatabaseError, InputError
+from medpg.errors import BackendUnavailableError, DatabaseError, InputError
 from medpg.privacy import shown
 from medpg.retrieval.types import Filters
 
@@ -153,7 +153,7 @@ def search_errors(log_text: bool) -> Iterator[None]:
         hint = getattr(exc.diag, "message_hint", None)
         message = error_message(exc, log_text)
         if message.startswith("medpg.") and hint:
-            raise ConfigError(f"{message}. To fix: {hint}") from None
+            raise BackendUnavailableError(f"{message}. To fix: {hint}") from None
         raise DatabaseError(f"search failed: {message}") from None
     except psycopg.errors.UndefinedFunction as exc:
         raise DatabaseError(

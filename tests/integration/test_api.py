@@ -322,6 +322,15 @@ def test_get_and_delete_a_document(client: TestClient, api_db: Database, writer:
 # search
 
 
+def test_a_lexical_backend_this_server_lacks_is_the_callers_error(
+    client: TestClient, writer: dict[str, str], notes: list[dict[str, Any]]
+) -> None:
+    body = {"query": "chest pain", "mode": "lexical", "lexical": "pg_textsearch"}
+    out = client.post("/search", json=body, headers=writer)  # the embedded server has no pg_textsearch
+    assert out.status_code == 422, out.text
+    assert "lexical 'pg_textsearch' is not available on this server" in out.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("mode", ["lexical", "dense", "hybrid"])
 def test_search_each_mode(
     client: TestClient, writer: dict[str, str], notes: list[dict[str, Any]], mode: str

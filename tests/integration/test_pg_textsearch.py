@@ -23,7 +23,7 @@ import pytest
 from medpg import schema
 from medpg.config import Settings
 from medpg.db import Database
-from medpg.errors import ConfigError
+from medpg.errors import ConfigError, InputError
 from medpg.ingest import ingest_file
 from medpg.retrieval import search
 
@@ -334,6 +334,9 @@ def test_missing_extension_raises_a_clear_error(db: Database, make_settings: Cal
             db=db,
             settings=db.settings.with_changes(lexical_scorer="pg_textsearch", search_mode="lexical"),
         )
+    # Asked for by the caller instead of the settings: the caller's input, naming the argument.
+    with pytest.raises(InputError, match="lexical 'pg_textsearch' is not available on this server"):
+        search("cancer", mode="lexical", lexical="pg_textsearch", rerank=False, db=db)
 
 
 def test_statistics_follow_the_index_not_the_snapshot(ts_db: Database) -> None:
