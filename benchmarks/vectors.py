@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medpg.embedding.index import INDEX_NAME
+
 if TYPE_CHECKING:
     from medpg.db import Database
 
@@ -323,7 +325,6 @@ SELECT c.id, d.title, c.text
 FROM medpg.chunks c JOIN medpg.documents d ON d.id = c.document_id
 ORDER BY c.id
 """
-HNSW_INDEX = "chunks_embedding_hnsw_idx"
 
 
 @contextmanager
@@ -360,7 +361,7 @@ def load_chunk_vectors(
             raise ValueError(f"the embedding space already holds vectors of {active!r}, not {model!r}")
         name_first_model(conn, model, dim)  # checks the dimension against medpg.embedding_space
         if drop_index:
-            conn.execute(f"DROP INDEX IF EXISTS medpg.{HNSW_INDEX}")
+            conn.execute(f"DROP INDEX IF EXISTS medpg.{INDEX_NAME}")
         conn.execute(f"CREATE TEMP TABLE bench_vectors (id bigint, embedding vector({dim})) ON COMMIT DROP")
         # A server-side cursor over the texts; between two fetches, one COPY of the batch's vectors.
         with conn.cursor(name="bench_chunk_texts") as texts, conn.cursor() as cur:
@@ -383,42 +384,25 @@ def build_hnsw_index(
     *,
     m: int | None = None,
     ef_construction: int | None = None,
-    maintenance_work_mem: str = "2GB",
+    maintenance_work_mem: str | None = None,
     parallel_workers: int | None = None,
 ) -> float:
-    """(Re)build medpg's HNSW index over chunk vectors; seconds taken.
+    """(Re)build medpg's dense index over chunk vectors; seconds taken.
 
-    The definition is revision 0002's, with the storage and parameters ``medpg.embedding_space``
-    records (revision 0010: ``index_storage``, ``hnsw_m``, ``hnsw_ef_construction``); ``m`` and
-    ``ef_construction`` override the recorded ones for this build (and are recorded). The graph
-    should fit in ``maintenance_work_mem`` (pgvector warns and slows down a lot when it does not:
-    about 1.1 x vectors x (4 x dim + 8 x m) bytes).
+    This is ``medpg db reindex`` (``medpg.embedding.index.rebuild_dense_index``): the storage and
+    parameters ``medpg.embedding_space`` records, ``m`` and ``ef_construction`` overriding them
+    (and recorded), ``maintenance_work_mem`` by default sized to hold the graph.
     """
-    with db.connect() as conn, autocommit(conn):
-        space = conn.execute(
-            "SELECT dimension, similarity, index_storage, hnsw_m, hnsw_ef_construction FROM medpg.embedding_space"
-        ).fetchone()
-        if space is None:
-            raise ValueError("medpg.embedding_space is empty: run `medpg db upgrade`")
-        dim, similarity, storage, space_m, space_ef = space
-        m = m or space_m
-        ef_construction = ef_construction or space_ef
-        ops = "cosine_ops" if similarity == "cosine" else "ip_ops"
-        column = "embedding" if storage == "vector" else f"(embedding::halfvec({dim}))"
-        kind = "vector" if storage == "vector" else "halfvec"
-        conn.execute(
-            "UPDATE medpg.embedding_space SET hnsw_m = %s, hnsw_ef_construction = %s", (m, ef_construction)
-        )
-        conn.execute(f"SET maintenance_work_mem = '{maintenance_work_mem}'")
-        if parallel_workers is not None:
-            conn.execute(f"SET max_parallel_maintenance_workers = {int(parallel_workers)}")
-        conn.execute(f"DROP INDEX IF EXISTS medpg.{HNSW_INDEX}")
-        started = time.perf_counter()
-        conn.execute(
-            f"CREATE INDEX {HNSW_INDEX} ON medpg.chunks USING hnsw ({column} {kind}_{ops}) "
-            f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)})"
-        )
-        return time.perf_counter() - started
+    from medpg.embedding.index import rebuild_dense_index
+
+    build = rebuild_dense_index(
+        db,
+        m=m,
+        ef_construction=ef_construction,
+        maintenance_work_mem=maintenance_work_mem,
+        parallel_workers=parallel_workers,
+    )
+    return build.seconds
 
 
 def stored_vectors(conn: Any, chunk_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
