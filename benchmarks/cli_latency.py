@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -31,6 +30,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from machine import one_line
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -95,11 +96,7 @@ def chunk_counts(env: dict[str, str], cwd: Path) -> str:
 
 
 def machine() -> str:
-    load = os.getloadavg()
-    return (
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-        f"load average {load[0]:.2f} at the start (other processes may share the CPUs)"
-    )
+    return one_line()
 
 
 def render(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import shlex
 import shutil
@@ -34,6 +33,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from machine import one_line
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -192,11 +193,7 @@ def imported(env: dict[str, str], cwd: Path) -> str:
 
 
 def machine() -> str:
-    load = os.getloadavg()
-    return (
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-        f"load average {load[0]:.2f} at the start (other processes may share the CPUs)"
-    )
+    return one_line()
 
 
 def render(

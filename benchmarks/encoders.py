@@ -41,6 +41,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from machine import cpu_model  # noqa: E402
+
 from medpg.config import Settings  # noqa: E402
 from medpg.encoders import load_article_encoder, packaged_minilm_path  # noqa: E402
 from medpg.encoders.batching import token_budget_batches  # noqa: E402
@@ -195,14 +197,7 @@ def machine_notes() -> list[str]:
     import torch
     import transformers
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return [
         f"- CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}, no GPU",
         f"- Python {platform.python_version()}, torch {torch.__version__}, "

@@ -29,7 +29,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from machine import uptime  # noqa: E402
 
 from medpg.embedding.index import IndexSpec, auto_memory  # noqa: E402
 
@@ -208,13 +209,6 @@ def parse_grid(text: str) -> list[tuple[str, int, int]]:
         storage, m, ef = item.strip().split(":")
         grid.append((storage, int(m), int(ef)))
     return grid
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "n/a"
 
 
 def report(

@@ -51,7 +51,6 @@ import math
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 import warnings
@@ -63,6 +62,7 @@ from typing import Any
 import numpy as np
 import orjson
 import psycopg
+from machine import cpu_model, uptime
 
 REPO = Path(__file__).resolve().parent.parent
 NFCORPUS = REPO.parent / "shared" / "data" / "nfcorpus"
@@ -1010,19 +1010,7 @@ def versions() -> dict[str, str]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        uptime = subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        uptime = "load average " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "uptime": uptime}
+    return {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(), "uptime": uptime()}
 
 
 def _fmt(x: float | None, nd: int = 2) -> str:

@@ -71,6 +71,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from corpus import write_jsonl  # noqa: E402
+from machine import cpu_model, uptime  # noqa: E402
 from vectors import autocommit, load_chunk_vectors, query_vectors  # noqa: E402
 
 from medpg.config import Settings  # noqa: E402
@@ -140,9 +141,11 @@ def embedded_server(pgdata: Path, keep: bool) -> Iterator[str]:
         server.cleanup()
 
 
-def bench_settings(url: str, work: Path) -> Settings:
-    """medpg's defaults (MedCPT profile: chunk windows of 384 tokens), on the benchmark's database."""
-    return Settings(_env_file=None, database_url=url, data_dir=work / "data", hf_offline=True)
+def bench_settings(url: str, work: Path, encoder: str = "synthetic") -> Settings:
+    """medpg's defaults on the benchmark's database: the MedCPT profile (chunk windows of 384
+    tokens) for synthetic vectors, the ``minilm`` profile (the packaged all-MiniLM-L6-v2) for real ones."""
+    profile = {"model_profile": "minilm"} if encoder == "minilm" else {}
+    return Settings(_env_file=None, database_url=url, data_dir=work / "data", hf_offline=True, **profile)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -157,7 +160,7 @@ def vacuum(db: Database, table: str = "") -> float:
 
 
 def build(
-    db: Database, settings: Settings, n: int, dim: int, work: Path, seed: int, dense: bool
+    db: Database, settings: Settings, n: int, dim: int, work: Path, seed: int, dense: bool, encoder: str
 ) -> dict[str, Any]:
     """Steps 1-3 of the module docstring on an empty schema; the figures."""
     from medpg.ingest import ingest_file
@@ -174,19 +177,39 @@ def build(
     facts.update(ingest_s=ingest_s, documents=rows, chunks=chunks, docs_per_s=rows / ingest_s)
     facts["vacuum_s"] = vacuum(db)
     if dense:
-        facts.update(load_vectors(db, dim, seed))
+        facts.update(load_vectors(db, settings, dim, seed, encoder))
     return facts
 
 
-def load_vectors(db: Database, dim: int, seed: int) -> dict[str, Any]:
-    report = load_chunk_vectors(db, dim, seed)
+def load_vectors(db: Database, settings: Settings, dim: int, seed: int, encoder: str) -> dict[str, Any]:
+    """Step 2 and 3: synthetic vectors, or the real article encoder (``medpg embed``'s code), then HNSW."""
+    if encoder == "minilm":
+        from medpg.embedding import Embedder
+        from medpg.embedding.index import INDEX_NAME
+
+        with db.connect() as conn, autocommit(conn):  # a first load: the index is built once, afterwards
+            conn.execute(f"DROP INDEX IF EXISTS medpg.{INDEX_NAME}")
+        embedder = Embedder(db, settings)
+        embedded = embedder.embed_pending(progress=False)
+        loaded = {
+            "vectors": embedded.written,
+            "vector_model": embedder.model,
+            "vector_load_s": embedded.seconds,
+            "vector_make_s": embedded.seconds,
+            "embed_chunks_per_s": embedded.chunks_per_second,
+        }
+    else:
+        report = load_chunk_vectors(db, dim, seed)
+        loaded = {
+            "vectors": report.chunks,
+            "vector_model": report.model,
+            "vector_load_s": report.seconds,
+            "vector_make_s": report.vector_seconds,
+        }
     vacuum_s = vacuum(db, "medpg.chunks")
     build = rebuild_dense_index(db)  # `medpg db reindex`: recorded parameters, memory to hold the graph
     return {
-        "vectors": report.chunks,
-        "vector_model": report.model,
-        "vector_load_s": report.seconds,
-        "vector_make_s": report.vector_seconds,
+        **loaded,
         "vector_vacuum_s": vacuum_s,
         "hnsw_build_s": build.seconds,
         "hnsw": f"{build.spec.storage}, m {build.spec.m}, ef_construction {build.spec.ef_construction}",
@@ -234,8 +257,11 @@ class Query:
     patient: str
 
 
-def make_queries(db: Database, n_queries: int, dim: int, seed: int, dense: bool) -> list[Query]:
-    """NFCorpus test query texts; vectors near each text's top BM25 document; one patient each."""
+def make_queries(
+    db: Database, n_queries: int, dim: int, seed: int, dense: bool, encoder: str = "synthetic"
+) -> list[Query]:
+    """NFCorpus test query texts; vectors near each text's top BM25 document (synthetic) or from the
+    query encoder (minilm); one patient each."""
     from medpg.evaluation import load_beir
 
     data = load_beir(NFCORPUS, "test")
@@ -258,6 +284,11 @@ def make_queries(db: Database, n_queries: int, dim: int, seed: int, dense: bool)
         )
         if not dense:
             return [Query(t, None, p) for t, p in zip(texts, chosen, strict=True)]
+        if encoder == "minilm":
+            from medpg.encoders import load_query_encoder
+
+            encoded = load_query_encoder(db.settings).encode_queries(texts).astype(np.float32)
+            return [Query(t, v, p) for t, v, p in zip(texts, encoded, chosen, strict=True)]
         anchors = []
         for text in texts:
             row = conn.execute(_ANCHOR, (text,)).fetchone()
@@ -403,7 +434,8 @@ def summarise(times: dict[str, dict[str, list[list[float]]]]) -> dict[str, dict[
 
 def run_size(args: argparse.Namespace, n: int) -> dict[str, Any]:
     root = args.keep or args.reuse
-    work = root / f"n{n}-d{args.dim}" if root else Path(tempfile.mkdtemp(prefix="medpg-bench-scale-"))
+    name = f"n{n}-minilm" if args.encoder == "minilm" else f"n{n}-d{args.dim}"
+    work = root / name if root else Path(tempfile.mkdtemp(prefix="medpg-bench-scale-"))
     if args.reuse and not (work / "build.json").is_file():
         raise SystemExit(f"--reuse: no database for {n} passages at {work} (build it with --keep)")
     work.mkdir(parents=True, exist_ok=True)
@@ -411,26 +443,32 @@ def run_size(args: argparse.Namespace, n: int) -> dict[str, Any]:
     result: dict[str, Any] = {
         "passages": n,
         "dim": args.dim,
+        "encoder": args.encoder,
         "command": command_line(),
         "medpg": machine()["medpg"],
     }
     try:
         with embedded_server(work / "pg" / "pgdata", keep=root is not None) as url:
-            settings = bench_settings(url, work)
+            settings = bench_settings(url, work, args.encoder)
             db = Database(settings)
             try:
                 from medpg.db import migrate
                 from medpg.db.schema import EmbeddingSpace
+                from medpg.schema import configured_space
 
-                space = EmbeddingSpace(args.dim, "ip", "synthetic vectors (benchmarks/vectors.py)")
+                if args.encoder == "minilm":
+                    space = configured_space(settings)
+                    result["dim"] = space.dimension
+                else:
+                    space = EmbeddingSpace(args.dim, "ip", "synthetic vectors (benchmarks/vectors.py)")
                 migrate.upgrade(db, "head", space)
                 saved = work / "build.json"
                 facts = json.loads(saved.read_text()) if saved.is_file() else None
                 if facts is None:
                     print(f"{n:,} passages: building in {work}", flush=True)
-                    facts = build(db, settings, n, args.dim, work, args.seed, dense)
+                    facts = build(db, settings, n, space.dimension, work, args.seed, dense, args.encoder)
                 elif dense and "hnsw_build_s" not in facts:
-                    facts.update(load_vectors(db, args.dim, args.seed))
+                    facts.update(load_vectors(db, settings, space.dimension, args.seed, args.encoder))
                 if root is not None:
                     saved.write_text(json.dumps(facts, indent=2) + "\n")
                 result["build"] = facts
@@ -445,7 +483,7 @@ def run_size(args: argparse.Namespace, n: int) -> dict[str, Any]:
                             "max_parallel_workers_per_gather",
                         )
                     }
-                queries = make_queries(db, args.queries, args.dim, args.seed, dense)
+                queries = make_queries(db, args.queries, space.dimension, args.seed, dense, args.encoder)
                 paths = PATHS if dense else LEXICAL_PATHS
                 print(
                     f"{n:,} passages: {len(queries)} queries x {args.rounds} rounds x {len(paths) * 4} calls",
@@ -475,15 +513,7 @@ def command_line() -> str:
 
 
 def machine() -> dict[str, str]:
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     mem = ""
     try:
         kb = int(Path("/proc/meminfo").read_text().split()[1])
@@ -504,7 +534,7 @@ def machine() -> dict[str, str]:
         "cpu": f"{cpu}, {os.cpu_count()} cores",
         "memory": mem,
         "os": platform.platform(),
-        "uptime": uptime,
+        "uptime": uptime(),
         "medpg": code,
     }
 
@@ -544,7 +574,16 @@ def target_text(path: str, f: str) -> str:
     return f"p50 < {target[0]:g}" + (f", p95 < {target[1]:g}" if target[1] else "")
 
 
-def render(results: dict[str, Any], target_n: int = 1_000_000) -> str:
+def vectors_text(run: dict[str, Any]) -> str:
+    if run.get("encoder") == "minilm":
+        return (
+            f"the packaged all-MiniLM-L6-v2 ({run['dim']} dimensions, real embeddings by `medpg embed`'s code; "
+            "query vectors from the query encoder)"
+        )
+    return f"`benchmarks/vectors.py` ({run['dim']} dimensions, synthetic: no model runs, inner product)"
+
+
+def render(results: dict[str, Any], target_n: int = 1_000_000, png: str = "scale.png") -> str:
     runs = {int(k): v for k, v in results["sizes"].items()}
     ns = sorted(runs)
     commands = sorted({r["command"] for r in runs.values()})
@@ -558,8 +597,7 @@ def render(results: dict[str, Any], target_n: int = 1_000_000) -> str:
         "- server: medpg's embedded PostgreSQL "
         + ", ".join(f"{k} {v}" for k, v in runs[ns[-1]].get("server", {}).items())
         + "; one connection, autocommit",
-        f"- corpus: `benchmarks/corpus.py` (seed 0), one passage per document; vectors: `benchmarks/vectors.py` "
-        f"({runs[ns[-1]]['dim']} dimensions, synthetic: no model runs, inner product)",
+        "- corpus: `benchmarks/corpus.py` (seed 0), one passage per document; vectors: " + vectors_text(runs[ns[-1]]),
         "- queries: NFCorpus test query texts, query vectors near the first chunk of each text's top BM25 document; "
         "k = 10; every (path, filter) call interleaved per query, the order rotating; p50/p95/p99 per round, "
         "median over rounds",
@@ -684,7 +722,7 @@ def render(results: dict[str, Any], target_n: int = 1_000_000) -> str:
             pts = {n: runs[n]["sizes_mib"][key] for n in ns if key in runs[n]["sizes_mib"]}
             if key not in runs.get(target_n, {}).get("sizes_mib", {}):
                 lines.append(f"| {key} MiB | {fmt(extrapolate(pts, target_n), 0)} | |")
-    lines += ["", "![latency against corpus size](scale.png)", ""]
+    lines += ["", f"![latency against corpus size]({png})", ""]
     if results.get("notes"):
         lines += ["## Notes", "", *results["notes"], ""]
     return "\n".join(lines)
@@ -728,7 +766,14 @@ def plot(results: dict[str, Any], out: Path) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    ap.add_argument("--dim", type=int, default=768)
+    ap.add_argument("--dim", type=int, default=768, help="synthetic vectors' dimension")
+    ap.add_argument(
+        "--encoder",
+        choices=("synthetic", "minilm"),
+        default="synthetic",
+        help="synthetic vectors (benchmarks/vectors.py) or real ones from the packaged MiniLM (384-d, slow: "
+        "about 15-20 chunks/s on 2 cores)",
+    )
     ap.add_argument("--queries", type=int, default=100, help="first N NFCorpus test queries (0: all)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
@@ -758,7 +803,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results = json.loads(json_path.read_text())
     results["notes"] = list(dict.fromkeys([*results.get("notes", []), *args.note]))
     if args.render_only:
-        args.out.write_text(render(results))
+        args.out.write_text(render(results, png=args.out.with_suffix(".png").name))
         plot(results, args.out.with_suffix(".png"))
         return results
     for n in args.sizes:
@@ -766,7 +811,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["machine"] = machine()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=2) + "\n")
-        report = render(results)
+        report = render(results, png=args.out.with_suffix(".png").name)
         args.out.write_text(report)
         plot(results, args.out.with_suffix(".png"))
         print(report, flush=True)

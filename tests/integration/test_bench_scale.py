@@ -134,3 +134,23 @@ def test_reuse_keeps_the_built_database(runs: tuple[dict[str, Any], dict[str, An
     assert second["sizes"][str(N)]["build"] == first["sizes"][str(N)]["build"]  # not built again
     assert second["sizes"][str(N)]["queries"] == 3
     assert (work / "kept" / f"n{N}-d384" / "build.json").is_file()
+
+
+def test_real_minilm_vectors_run_through_medpg_embed(tmp_path: Path) -> None:
+    """``--encoder minilm``: the chunks embedded by the packaged MiniLM with medpg's embedder, the
+    queries by its query encoder; the report says so and names its plot after ``--out``."""
+    if not (DATA / "nfcorpus" / "corpus.jsonl").exists() or not (DATA / "mtsamples" / "notes.jsonl").exists():
+        pytest.skip(f"NFCorpus and the MTSamples notes are not under {DATA}")
+    tmp_path.chmod(0o755)
+    out = tmp_path / "out" / "scale_minilm.md"
+    _run(["--sizes", "200", "--encoder", "minilm", "--queries", "3", "--rounds", "1", "--out", str(out)])
+    run = json.loads(out.with_suffix(".json").read_text())["sizes"]["200"]
+    assert run["encoder"] == "minilm" and run["dim"] == 384
+    build = run["build"]
+    assert "minilm" in build["vector_model"].lower()
+    assert build["vectors"] == build["chunks"] >= 200 and build["embed_chunks_per_s"] > 0
+    assert sorted(run["latency_ms"]) == sorted(PATHS)
+    assert all(0.0 <= r <= 1.0 for r in run["recall_at_10"].values())
+    md = out.read_text()
+    assert "all-MiniLM-L6-v2 (384 dimensions, real embeddings" in md
+    assert "](scale_minilm.png)" in md and out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
