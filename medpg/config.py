@@ -199,7 +199,7 @@ class Settings(BaseSettings):
         default=1.0, ge=0, le=1000, allow_inf_nan=False, description="Weight of their mean vector."
     )
     rerank_top_k: int = Field(default=50, ge=0, le=1000)
-    hnsw_ef_search: int = Field(default=100, ge=1, le=1000)
+    hnsw_ef_search: int = Field(default=200, ge=1, le=1000)
     bm25_k1: float = Field(default=2.0, ge=1e-6, le=1000, allow_inf_nan=False)
     bm25_b: float = Field(default=0.5, ge=0, le=1, allow_inf_nan=False)
     bm25_title_weight: float = Field(

@@ -68,6 +68,11 @@ $$;
 -- full-precision ones, whichever index found the chunks. enable_seqscan is off for the call: these
 -- queries exist to be served by the index, which the planner's costs for a small table (or for
 -- the halfvec expression) would otherwise pass over for a full sort.
+-- The filter is a scalar subquery on the candidate's document (one primary-key lookup per chunk
+-- the index scan returns), not EXISTS: PostgreSQL 18 turns such an EXISTS into a hashed subplan,
+-- and since it costs the index scan as if it returned every chunk, it chose to hash every
+-- matching document first, a sequential scan of medpg.documents per call (at 1M documents a source
+-- filter took 390 ms p50 that way, 27 ms with the lookup: benchmarks/results/scale.md).
 CREATE OR REPLACE FUNCTION medpg.dense_chunk_candidates(
     query_embedding vector, chunk_limit integer, space_model text, similarity text,
     sources text[] DEFAULT NULL,
@@ -93,10 +98,9 @@ BEGIN
             SELECT c.id, c.document_id, (c.embedding %1$s $1)::float8, c.char_start, c.char_end
             FROM medpg.chunks c
             WHERE c.embedding_model = $3
-              AND (NOT $4 OR EXISTS (
-                    SELECT 1 FROM medpg.documents fd
-                    WHERE fd.id = c.document_id
-                      AND medpg.document_matches(fd, $5, $6, $7, $8, $9)))
+              AND (NOT $4 OR (
+                    SELECT medpg.document_matches(fd, $5, $6, $7, $8, $9)
+                    FROM medpg.documents fd WHERE fd.id = c.document_id))
             ORDER BY (c.embedding::halfvec(%2$s)) %1$s ($1::halfvec(%2$s))
             LIMIT $2
             $q$,
@@ -108,10 +112,9 @@ BEGIN
         SELECT c.id, c.document_id, (c.embedding <=> query_embedding)::float8, c.char_start, c.char_end
         FROM medpg.chunks c
         WHERE c.embedding_model = space_model
-          AND (NOT filtered OR EXISTS (
-                SELECT 1 FROM medpg.documents fd
-                WHERE fd.id = c.document_id
-                  AND medpg.document_matches(fd, sources, metadata_contains, date_from, date_to, patient_ids)))
+          AND (NOT filtered OR (
+                SELECT medpg.document_matches(fd, sources, metadata_contains, date_from, date_to, patient_ids)
+                FROM medpg.documents fd WHERE fd.id = c.document_id))
         ORDER BY c.embedding <=> query_embedding
         LIMIT chunk_limit;
     ELSE
@@ -119,10 +122,9 @@ BEGIN
         SELECT c.id, c.document_id, (c.embedding <#> query_embedding)::float8, c.char_start, c.char_end
         FROM medpg.chunks c
         WHERE c.embedding_model = space_model
-          AND (NOT filtered OR EXISTS (
-                SELECT 1 FROM medpg.documents fd
-                WHERE fd.id = c.document_id
-                  AND medpg.document_matches(fd, sources, metadata_contains, date_from, date_to, patient_ids)))
+          AND (NOT filtered OR (
+                SELECT medpg.document_matches(fd, sources, metadata_contains, date_from, date_to, patient_ids)
+                FROM medpg.documents fd WHERE fd.id = c.document_id))
         ORDER BY c.embedding <#> query_embedding
         LIMIT chunk_limit;
     END IF;
@@ -158,7 +160,7 @@ AS $$ SELECT medpg.check_range(fn, arg, value, 1, 1000) $$;
 -- chunks by (distance, chunk id), documents by (distance of their best chunk, document id).
 -- n (1..10000) and ef_search (1..1000) are checked first: SQLSTATE 22023.
 CREATE OR REPLACE FUNCTION medpg.dense_search(
-    query_embedding vector, n integer DEFAULT 100, ef_search integer DEFAULT 100,
+    query_embedding vector, n integer DEFAULT 100, ef_search integer DEFAULT 200,
     also bigint[] DEFAULT NULL,
     sources text[] DEFAULT NULL,
     metadata_contains jsonb DEFAULT NULL,
@@ -171,7 +173,7 @@ LANGUAGE plpgsql STABLE
 -- The SET clauses make these settings local to the call: set_config below changes ef_search for
 -- this call only. Iterative scans keep a filtered search going until it has enough rows
 -- (pgvector >= 0.8); relaxed order is re-sorted below.
-SET hnsw.ef_search = 100
+SET hnsw.ef_search = 200
 SET hnsw.iterative_scan = 'relaxed_order'
 SET plan_cache_mode = force_generic_plan
 AS $$
@@ -235,6 +237,9 @@ BEGIN
         END LOOP;
     END IF;
     IF exact OR (filtered AND distinct_docs < n) THEN
+        -- Two statements rather than one with (patients IS NULL OR fd.patient_id = ANY (patients)):
+        -- under the generic plan (plan_cache_mode above) an OR'd predicate cannot use the patient
+        -- btree, and the per-patient path is the one an EHR integration takes most.
         IF patients IS NOT NULL THEN
             -- Every chunk of the selection when it is small (exact), else the nearest 64n.
             SELECT array_agg(x.id ORDER BY x.distance, x.id), array_agg(x.document_id ORDER BY x.distance, x.id),

@@ -65,7 +65,7 @@ CREATE OR REPLACE FUNCTION medpg.hybrid_search(
     title_weight double precision DEFAULT 2.0,
     ts_rank_cover_density boolean DEFAULT false,
     ts_rank_normalization integer DEFAULT 0,
-    ef_search integer DEFAULT 100,
+    ef_search integer DEFAULT 200,
     sources text[] DEFAULT NULL,
     metadata_contains jsonb DEFAULT NULL,
     date_from timestamptz DEFAULT NULL,
