@@ -16,6 +16,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -134,3 +135,15 @@ def truncate(db: Database) -> None:
     with db.connect() as conn:
         conn.execute("TRUNCATE medpg.documents RESTART IDENTITY CASCADE")
         conn.commit()
+
+
+def log_nested_plans(conn: psycopg.Connection[Any]) -> list[str]:
+    """Turn on auto_explain for this session, nested statements included (the queries inside
+    medpg's plpgsql functions), and return the list their plans are appended to as they run."""
+    plans: list[str] = []
+    conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+    conn.execute("LOAD 'auto_explain'")
+    conn.execute("SET auto_explain.log_min_duration = 0")
+    conn.execute("SET auto_explain.log_nested_statements = on")
+    conn.execute("SET client_min_messages = log")
+    return plans

@@ -33,6 +33,7 @@ from medpg.embedding.index import (
 from medpg.errors import ConfigError
 from medpg.ingest.validation import Record
 from medpg.ingest.writer import DocumentWriter
+from tests.conftest import log_nested_plans
 
 pytestmark = pytest.mark.integration
 
@@ -217,13 +218,8 @@ def test_halfvec_index_is_built_used_and_close_to_the_vector_index(dense_db: Dat
 def test_the_halfvec_plan_is_the_one_inside_dense_search(dense_db: Database) -> None:
     rebuild_dense_index(dense_db, storage="halfvec")
     q = _queries(dense_db, 1, seed=2)[0]
-    notices: list[str] = []
     with dense_db.connect() as conn:
-        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
-        conn.execute("LOAD 'auto_explain'")
-        conn.execute("SET auto_explain.log_min_duration = 0")
-        conn.execute("SET auto_explain.log_nested_statements = on")
-        conn.execute("SET client_min_messages = log")
+        notices = log_nested_plans(conn)
         _dense(conn, q)
         conn.rollback()
     plans = "\n".join(notices)

@@ -21,7 +21,7 @@ from medpg.db import Database
 from medpg.errors import ConfigError, InputError
 from medpg.retrieval import Filters, search
 from medpg.retrieval.fusion import Candidate, fuse
-from tests.conftest import truncate
+from tests.conftest import log_nested_plans, truncate
 
 pytestmark = pytest.mark.integration
 
@@ -367,17 +367,8 @@ def test_filtered_index_scan_looks_up_each_candidates_document(filter_db: Databa
     """The filtered HNSW scan checks each candidate's document through the primary key. Written as
     EXISTS, PostgreSQL 18 made it a hashed subplan that read every matching document before the
     scan (at 1M documents, 390 ms of a filtered dense search's 395 ms p50)."""
-    notices: list[str] = []
     with filter_db.connect() as conn:
-        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
-        conn.execute("LOAD 'auto_explain'")
-        for setting in (
-            "auto_explain.log_min_duration = 0",
-            "auto_explain.log_nested_statements = on",
-            "auto_explain.log_level = notice",
-            "client_min_messages = notice",
-        ):
-            conn.execute(f"SET {setting}")
+        notices = log_nested_plans(conn)
         for filters in ("sources => ARRAY['clinic']", "metadata_contains => '{\"dept\": \"onco\"}'"):
             rows = conn.execute(
                 f"SELECT document_id FROM medpg.dense_search(%s, 5, {filters})", (unit((0, 1.0)),)
